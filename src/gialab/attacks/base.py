@@ -1,0 +1,79 @@
+"""What every attack is: a small surface between the threat layer and the metrics.
+
+An attack is built from validated hyperparameters (its ``Params`` model), may check the model it
+is asked to attack, may plan what a malicious server sends (``plan_server``), and turns one
+``Observation`` into a ``Reconstruction``. It never sees ground truth, and it never imports metrics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from gialab.data.dataset import DataSpec
+from gialab.fl.protocol import ServerPlan
+from gialab.threats import Capability, Observation
+
+Progress = Callable[[int, int], None]
+
+
+def no_progress(done: int, total: int) -> None:
+    """The default progress sink: silence."""
+
+
+class AttackParams(BaseModel):
+    """Base for each attack's hyperparameters; unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """Run-time facilities an attack may use: where to compute, its own seed, a progress sink."""
+
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    progress: Progress = no_progress
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Recovered images in [0, 1] and, where the attack infers them, labels.
+
+    ``source`` is the client whose data this claims to be, or ``None`` for the whole round's
+    participants (an attack on the aggregate). ``reference`` is the attack's starting point,
+    so relative metrics (RDLV) can tell what the attack added. ``details`` holds the attack's own
+    measurements (final gradient distance, iterations run, ...), all plain floats.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    source: int | None
+    reference: torch.Tensor | None = None
+    details: dict[str, float] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[Capability]]
+    Params: ClassVar[type[AttackParams]] = AttackParams
+
+    def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
+        self.params = params
+        self.context = context or AttackContext()
+
+    def check_model(self, model: nn.Module, data: DataSpec) -> None:
+        """Raise ``GialabError`` when this attack cannot handle ``model``; default: any model."""
+
+    def plan_server(self, model: nn.Module, data: DataSpec) -> ServerPlan | None:
+        """A malicious server's deviation from the protocol; honest attacks return ``None``."""
+        return None
+
+    @abstractmethod
+    def reconstruct(self, observation: Observation) -> Reconstruction: ...

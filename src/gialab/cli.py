@@ -1,0 +1,150 @@
+"""The ``gialab`` command line: run, presets, catalog, demo.
+
+User mistakes surface as one line on stderr and exit code 2 (``GialabError`` and click's usage
+errors); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gialab.errors import GialabError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    help="Threat-model-first laboratory for gradient inversion attacks in federated learning.",
+)
+err = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int], None]] | None]:
+    """Yield a factory of per-task progress callbacks drawing one rich bar each, or None."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        def factory(label: str) -> Callable[[int, int], None]:
+            task = bar.add_task(label, total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return update
+
+        yield factory
+
+
+@app.command("run")
+def run_command(
+    scenario: Annotated[str, typer.Argument(help="preset name (see `gialab presets`) or a YAML file")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted key=value override, repeatable")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for run folders and results.sqlite")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")] = False,
+) -> None:
+    """Run one scenario: FL round(s), the threat model's observation, the attack, metrics, report."""
+    from gialab.runner import run
+    from gialab.scenario import parse_assignment
+
+    overrides = dict(parse_assignment(item) for item in set_ or [])
+    with _progress_bar(not as_json and sys.stderr.isatty()) as factory:
+        progress = factory(scenario) if factory else None
+        result = run(scenario, out=out_dir, progress=progress, set=overrides)
+    if as_json:
+        typer.echo(json.dumps(result.summary, allow_nan=False))
+        return
+    s = result.summary
+    table = Table(title=f"{s['attack']} ({s['threat_model']}), {s['n_samples']} sample(s)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in s["metrics"].items():
+        table.add_row(key, "unavailable" if value is None else f"{value:.4g}")
+    out.print(table)
+    out.print(f"run folder: {s['run_dir']}  ({s['runtime_s']:.1f} s)")
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the presets: ready-made scenarios named after their attack."""
+    from gialab.scenario import presets
+
+    for name, description in presets().items():
+        typer.echo(f"{name:24s} {description}")
+
+
+@app.command("catalog")
+def catalog_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print the records as a JSON list")] = False,
+) -> None:
+    """The survey's taxonomy from the attack registry, marked implemented or not yet."""
+    from gialab.attacks.registry import catalog
+
+    records = catalog()
+    if as_json:
+        typer.echo(json.dumps(records))
+        return
+    table = Table(title="GIA taxonomy (Shi et al., 'Dealing Doubt'); * = survey Figure 1")
+    for column in ("attack", "threat model", "family", "FL setup", "target data", "paper", "status"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            f"{r['name']}{' *' if r['figure1'] else ''}", str(r["threat_model"]), str(r["family"]),
+            ", ".join(r["fl_setups"]), str(r["target_data"]), str(r["paper"]),  # type: ignore[arg-type]
+            "implemented" if r["implemented"] else "not yet",
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo page and its runs")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="seed for every run")] = 0,
+) -> None:
+    """Run every implemented attack on embedded data and write one HTML page linking the runs."""
+    from gialab.demo import run_demo
+
+    with _progress_bar(sys.stderr.isatty()) as factory:
+        index, results = run_demo(out_dir, seed=seed, on_run=lambda n: err.print(f"running {n} ..."),
+                                  progress_for=factory)
+    for r in results:
+        m = r.metrics
+        out.print(f"{r.summary['attack']:20s} psnr_mean={m['psnr_mean']:.2f} dB  "
+                  f"fraction_recovered={m['fraction_recovered']:.2f}  {r.run_dir}")
+    out.print(f"demo page: {index.resolve()}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except GialabError as exc:
+        print(f"gialab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Abort:
+        print("gialab: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exit as exc:
+        sys.exit(exc.exit_code)
+    except TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `gialab`: show help, not an error
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(0)
+        message = " ".join(exc.format_message().split())
+        print(f"gialab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Dataset names as used in configs and on the command line, mapped to their loaders.
+
+Built-in sets ship with scikit-image / scikit-learn and need nothing else; the path-based ones
+read the user's own files. ``data_path`` is rejected for built-ins rather than ignored, because
+a path that silently does nothing usually means the user picked the wrong dataset name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gialab.data.cifar import load_cifar
+from gialab.data.dataset import ImageDataset
+from gialab.data.digits import load_digits_dataset
+from gialab.data.faces import load_faces
+from gialab.data.image_folder import load_image_folder
+from gialab.data.natural import load_natural
+from gialab.errors import GialabError, unknown_name
+
+BUILTIN_DATASETS = ("natural", "faces", "digits")
+PATH_DATASETS = ("cifar10", "cifar100", "image-folder")
+DATASETS = BUILTIN_DATASETS + PATH_DATASETS
+
+
+def load_dataset(name: str, *, path: Path | None = None, seed: int = 0) -> ImageDataset:
+    """Load a dataset by name; ``seed`` only affects ``natural`` (the others are fixed sets).
+
+    CIFAR loads the training split; call :func:`gialab.data.cifar.load_cifar` for the test split.
+    """
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    if name in BUILTIN_DATASETS:
+        if path is not None:
+            raise GialabError(
+                f"dataset {name!r} is built in and takes no data_path; "
+                f"data_path applies only to {', '.join(PATH_DATASETS)}"
+            )
+        if name == "natural":
+            return load_natural(seed=seed)
+        return load_faces() if name == "faces" else load_digits_dataset()
+    if path is None:
+        raise GialabError(f"dataset {name!r} requires data_path (the folder holding its files)")
+    if name == "image-folder":
+        return load_image_folder(Path(path))
+    return load_cifar(Path(path), name)  # type: ignore[arg-type]

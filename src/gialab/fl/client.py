@@ -1,0 +1,77 @@
+"""An honest client: it holds private data and answers the model it is sent with an update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gialab.errors import GialabError
+from gialab.fl.setup import FLSetup
+from gialab.fl.training import LossFn, fedavg_update, fedsgd_update
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client sends: tensors aligned with the model's parameters, and its example count."""
+
+    client_id: int
+    round: int
+    tensors: tuple[torch.Tensor, ...]
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class LocalBatch:
+    """The private examples a client trained on in one round (ground truth; never leaves fl/)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class Client:
+    """Holds ``images`` and ``labels`` privately; uses ``batch_size`` of them each round.
+
+    Under FedSGD the batch is one gradient step; under FedAvg it is the client's local data for
+    the round, visited for E epochs in local mini-batches.
+    """
+
+    def __init__(self, client_id: int, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.client_id = client_id
+        self._images = images
+        self._labels = labels
+
+    @property
+    def num_examples(self) -> int:
+        return int(self._labels.shape[0])
+
+    def _batch(self, batch_size: int, generator: torch.Generator) -> LocalBatch:
+        if batch_size > self.num_examples:
+            raise GialabError(
+                f"batch_size {batch_size} is larger than client {self.client_id}'s data "
+                f"({self.num_examples} examples); use batch_size <= {self.num_examples}"
+            )
+        if batch_size == self.num_examples:
+            idx = torch.arange(self.num_examples)
+        else:
+            idx = torch.randperm(self.num_examples, generator=generator)[:batch_size]
+        return LocalBatch(self._images[idx], self._labels[idx])
+
+    def train(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        setup: FLSetup,
+        *,
+        batch_size: int,
+        round_index: int,
+        generator: torch.Generator,
+    ) -> tuple[ClientUpdate, LocalBatch]:
+        batch = self._batch(batch_size, generator)
+        if setup.algorithm == "fedsgd":
+            tensors = fedsgd_update(model, loss_fn, batch.images, batch.labels)
+        else:
+            tensors = fedavg_update(model, loss_fn, batch.images, batch.labels, setup)
+        update = ClientUpdate(self.client_id, round_index, tensors, len(batch.labels))
+        return update, batch

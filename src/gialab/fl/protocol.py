@@ -1,0 +1,137 @@
+"""Rounds of federated learning, split into what crossed the wire and what stayed private.
+
+``run_round`` returns a ``RoundTranscript`` (models sent, updates received, the aggregate: all a
+server could log) and a ``RoundTruth`` (the examples each client trained on). The two never mix:
+the threat layer decides what of the transcript an attacker sees, and only metrics read the truth.
+The protocol knows nothing about attacks; a malicious server acts through ``ServerPlan``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gialab.defenses.base import Aggregator, UpdateTransform
+from gialab.defenses.mean import WeightedMean
+from gialab.errors import GialabError
+from gialab.fl.client import Client, ClientUpdate, LocalBatch
+from gialab.fl.setup import FLSetup
+from gialab.fl.training import LossFn
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What the server does differently in a round; empty means it follows the protocol.
+
+    ``model`` replaces the broadcast model, ``per_client`` sends chosen clients their own model,
+    ``participants`` fixes who takes part instead of random sampling.
+    """
+
+    model: nn.Module | None = None
+    per_client: Mapping[int, nn.Module] = field(default_factory=dict)
+    participants: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RoundTranscript:
+    """Everything the server sent and received in one round."""
+
+    round: int
+    participants: tuple[int, ...]
+    models: Mapping[int, nn.Module]  # the model each participant received
+    updates: Mapping[int, ClientUpdate]
+    aggregate: tuple[torch.Tensor, ...]
+    update_kind: str
+    setup: FLSetup
+
+
+@dataclass(frozen=True)
+class RoundTruth:
+    """The private examples behind a round, by client."""
+
+    round: int
+    batches: Mapping[int, LocalBatch]
+
+
+class Protocol:
+    """Server-side loop: sample clients, send models, collect updates, aggregate, step the model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        clients: Sequence[Client],
+        setup: FLSetup,
+        *,
+        batch_size: int,
+        loss_fn: LossFn = F.cross_entropy,
+        transforms: Sequence[UpdateTransform] = (),
+        aggregator: Aggregator | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not clients:
+            raise GialabError("a protocol needs at least one client")
+        self.global_model = model
+        self.clients = {c.client_id: c for c in clients}
+        self.setup = setup
+        self.batch_size = batch_size
+        self.loss_fn = loss_fn
+        self.transforms = tuple(transforms)
+        self.aggregator = aggregator or WeightedMean()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.participation_log: list[tuple[int, ...]] = []
+
+    def sample_participants(self) -> tuple[int, ...]:
+        ids = sorted(self.clients)
+        k = self.setup.clients_per_round or len(ids)
+        if k > len(ids):
+            raise GialabError(f"clients_per_round {k} exceeds the {len(ids)} clients; use at most {len(ids)}")
+        if k == len(ids):
+            return tuple(ids)
+        pick = torch.randperm(len(ids), generator=self.generator)[:k]
+        return tuple(sorted(ids[i] for i in pick.tolist()))
+
+    def run_round(self, plan: ServerPlan | None = None) -> tuple[RoundTranscript, RoundTruth]:
+        plan = plan or ServerPlan()
+        round_index = len(self.participation_log)
+        participants = plan.participants or self.sample_participants()
+        unknown = [c for c in participants if c not in self.clients]
+        if unknown:
+            raise GialabError(f"participants {unknown} are not clients; valid ids: 0..{len(self.clients) - 1}")
+        broadcast = plan.model or self.global_model
+        snapshots: dict[int, nn.Module] = {}  # one frozen copy per distinct model sent
+        models: dict[int, nn.Module] = {}
+        updates: dict[int, ClientUpdate] = {}
+        batches: dict[int, LocalBatch] = {}
+        for cid in participants:
+            sent = plan.per_client.get(cid, broadcast)
+            if id(sent) not in snapshots:
+                snapshots[id(sent)] = copy.deepcopy(sent)
+            models[cid] = snapshots[id(sent)]
+            local = copy.deepcopy(sent)  # the client trains its own copy; the server's stays as sent
+            update, batch = self.clients[cid].train(
+                local, self.loss_fn, self.setup,
+                batch_size=self.batch_size, round_index=round_index, generator=self.generator,
+            )
+            for transform in self.transforms:
+                update = transform(update, self.generator)
+            updates[cid], batches[cid] = update, batch
+        aggregate = self.aggregator(list(updates.values()))
+        if plan.model is None and not plan.per_client:
+            self._step(aggregate)
+        self.participation_log.append(tuple(participants))
+        transcript = RoundTranscript(
+            round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup
+        )
+        return transcript, RoundTruth(round_index, batches)
+
+    def _step(self, aggregate: tuple[torch.Tensor, ...]) -> None:
+        """Apply the aggregate; FedAvg's delta is already scaled by the local rate, so step 1."""
+        step = self.setup.learning_rate if self.setup.algorithm == "fedsgd" else 1.0
+        with torch.no_grad():
+            for p, a in zip(self.global_model.parameters(), aggregate, strict=True):
+                p.sub_(step * a)

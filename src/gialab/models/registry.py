@@ -1,0 +1,60 @@
+"""Build a model by name for a data shape.
+
+Models are initialized from torch's global RNG, so the caller controls reproducibility with
+``torch.manual_seed`` before ``build_model`` (the same seed gives the same weights). Every
+model takes images in [0, 1] as they are (no normalization layer) and returns logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from gialab.errors import GialabError, unknown_name
+from gialab.models.convnet import ConvNet
+from gialab.models.fcnet import FCNet
+from gialab.models.lenet import LeNet
+from gialab.models.resnet import ResNet18
+
+MODELS: tuple[str, ...] = ("lenet", "convnet", "resnet18", "fcnet")
+
+_BUILDERS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+    "lenet": lambda shape, k: LeNet(shape, k),
+    "convnet": lambda shape, k: ConvNet(shape, k),
+    "resnet18": lambda shape, k: ResNet18(shape[0], k),
+    "fcnet": lambda shape, k: FCNet(shape, k),
+}
+
+
+def model_names() -> tuple[str, ...]:
+    """The valid model names, in registry order."""
+    return MODELS
+
+
+def build_model(name: str, spec_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build model ``name`` for inputs of shape ``(C, H, W)`` and ``num_classes`` outputs.
+
+    Uses torch's global RNG for the init (seed it first for determinism). Raises
+    :class:`GialabError` for an unknown name, a malformed shape or fewer than 2 classes.
+    """
+    if name not in _BUILDERS:
+        raise unknown_name("model", name, MODELS)
+    shape = tuple(spec_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise GialabError(
+            f"model input shape must be three positive ints (C, H, W), got {tuple(spec_shape)!r}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise GialabError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    return _BUILDERS[name](shape, num_classes)  # type: ignore[arg-type]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameter entries."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def describe(model: nn.Module) -> str:
+    """One line: class name and parameter count, e.g. ``'LeNet (15,826 parameters)'``."""
+    return f"{type(model).__name__} ({count_parameters(model):,} parameters)"

@@ -1,0 +1,240 @@
+"""One run, start to end, with data flowing one way.
+
+scenario -> data, model, clients -> protocol rounds -> threat gate (Observation) -> attack
+-> metrics (the only place truth and reconstruction meet) -> run folder + database row.
+
+Everything that can be refused (names, capabilities, sizes, the output folder, the model the
+attack must handle) is checked before the first round, so a user mistake costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import ValidationError
+
+from gialab.attacks.base import Attack, AttackContext, Progress, Reconstruction, no_progress
+from gialab.attacks.catalog import RECORDS
+from gialab.attacks.registry import get_attack
+from gialab.data import load_dataset, partition_dirichlet, partition_iid
+from gialab.data.dataset import DataSpec, ImageDataset
+from gialab.defenses import resolve_defenses
+from gialab.errors import GialabError
+from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.metrics import score
+from gialab.models import build_model, load_weights
+from gialab.report import (
+    atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
+)
+from gialab.scenario import Scenario, load_scenario
+from gialab.threats import (
+    Capability, check_grants, get_threat_model, granted_capabilities, observe, plan_capabilities,
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a notebook gets back: the summary, the images, and where the run was written."""
+
+    scenario: Scenario
+    summary: dict[str, Any]
+    reconstruction: Reconstruction
+    truth_images: torch.Tensor
+    matched_images: torch.Tensor  # reconstruction reordered to truth order (blank where unmatched)
+    run_dir: Path
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.summary["metrics"]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GialabError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GialabError("device cuda was asked for but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def _build_attack(scenario: Scenario, progress: Progress) -> Attack:
+    cls = get_attack(scenario.attack.name)
+    try:
+        params = cls.Params(**scenario.attack.hyperparameters)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(sorted(cls.Params.model_fields))
+            raise GialabError(f"attack {cls.name!r} has no hyperparameter {key!r}; valid: {valid}") from None
+        raise GialabError(f"attack.{key}: {err['msg']} (got {err.get('input')!r})") from None
+    context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress)
+    return cls(params, context)
+
+
+def _clients(scenario: Scenario, data: ImageDataset) -> list[Client]:
+    rng = np.random.default_rng(scenario.seed)
+    per_client = scenario.local_examples
+    if scenario.batch_size > per_client:
+        raise GialabError(
+            f"batch_size {scenario.batch_size} is larger than each client's data ({per_client} examples); "
+            f"use batch_size <= examples_per_client"
+        )
+    if scenario.partition == "iid":
+        parts = partition_iid(len(data), scenario.clients, per_client, rng)
+    else:
+        parts = partition_dirichlet(data.labels.numpy(), scenario.clients, per_client, scenario.dirichlet_alpha, rng)
+    return [
+        Client(cid, data.images[torch.as_tensor(idx)], data.labels[torch.as_tensor(idx)])
+        for cid, idx in enumerate(parts)
+    ]
+
+
+def _attacked_round(
+    protocol: Protocol, attack: Attack, scenario: Scenario, spec: DataSpec, granted: frozenset[Capability]
+) -> tuple[RoundTranscript, RoundTruth]:
+    """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
+
+    Each round the attack may plan a malicious server's deviation; the plan is held against the
+    granted capabilities before the round runs.
+    """
+    attacked: tuple[RoundTranscript, RoundTruth] | None = None
+    for _ in range(scenario.fl.rounds):
+        plan = attack.plan_server(protocol.global_model, spec)
+        if plan is not None:
+            check_grants(attack.name, plan_capabilities(plan, protocol.global_model), granted,
+                         f"threat model {scenario.threat_model}")
+        transcript, truth = protocol.run_round(plan)
+        if scenario.victim in transcript.participants:
+            attacked = (transcript, truth)
+    if attacked is None:
+        raise GialabError(
+            f"victim {scenario.victim} was never sampled in {scenario.fl.rounds} rounds; "
+            f"raise fl.rounds or fl.clients_per_round"
+        )
+    return attacked
+
+
+def run(
+    scenario: str | Path | Scenario | Mapping[str, Any],
+    *,
+    out: str | Path = "runs",
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Run a scenario (preset name, YAML path, mapping or Scenario) with dotted-key overrides.
+
+    Keyword overrides use ``__`` for dots in Python (``attack__iterations=50``), or pass a
+    ``set={"attack.iterations": 50}`` mapping.
+    """
+    started = time.perf_counter()
+    dotted = dict(overrides.pop("set", {}) or {})
+    dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
+    scen = load_scenario(scenario, dotted)
+
+    # Everything refusable, before any work.
+    threat = get_threat_model(scen.threat_model)
+    defenses = resolve_defenses(scen.defenses)
+    granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
+    attack = _build_attack(scen, progress or no_progress)
+    context = f"threat model {threat.name}" + (f" with defenses [{', '.join(scen.defenses)}]" if scen.defenses else "")
+    check_grants(attack.name, attack.requires, granted, context)
+    if scen.victim >= scen.clients:
+        raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    out_dir = ensure_writable(Path(out))
+
+    _seed_everything(scen.seed)
+    data = load_dataset(scen.dataset, path=scen.data_path, seed=scen.seed)
+    model = build_model(scen.model, data.spec.shape, data.spec.num_classes)
+    if scen.weights is not None:
+        load_weights(model, scen.weights)
+    attack.check_model(model, data.spec)
+    clients = _clients(scen, data)
+    protocol = Protocol(
+        model, clients, scen.fl, batch_size=scen.batch_size,
+        transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
+    )
+    transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted)
+    observation = observe(
+        transcript, truth, threat=threat, granted=granted, data=data.spec,
+        target=scen.victim, side_information=scen.side_information,
+    )
+
+    attack_started = time.perf_counter()
+    reconstruction = attack.reconstruct(observation)
+    attack_seconds = time.perf_counter() - attack_started
+
+    # Metrics: the only place where ground truth meets the reconstruction.
+    sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.participants)
+    true_images = torch.cat([truth.batches[c].images for c in sources])
+    true_labels = torch.cat([truth.batches[c].labels for c in sources])
+    scores = score(
+        reconstruction.images, true_images, recon_labels=reconstruction.labels, true_labels=true_labels,
+        reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr, lpips_weights=scen.lpips_weights,
+    )
+    order = torch.as_tensor(scores.order)
+    matched = torch.zeros_like(true_images)
+    hit = order >= 0
+    matched[hit] = reconstruction.images[order[hit]].to(matched.dtype)
+
+    record = RECORDS[attack.name]
+    config = scen.model_dump(mode="json")
+    run_id = new_run_id(out_dir, scen.name, scen.seed)
+    summary: dict[str, Any] = {
+        "scenario": scen.name,
+        "attack": attack.name,
+        "threat_model": threat.name,
+        "fl_setup": {"algorithm": scen.fl.algorithm, "clients": scen.clients, **scen.fl.model_dump(exclude={"algorithm"})},
+        "defenses": list(scen.defenses),
+        "n_samples": int(true_images.shape[0]),
+        "metrics": scores.flat,
+        "runtime_s": 0.0,
+        "run_dir": str((out_dir / run_id).resolve()),
+    }
+    with atomic_folder(out_dir, run_id) as folder:
+        summary["runtime_s"] = round(time.perf_counter() - started, 3)
+        full = summary | {
+            "attack_details": dict(reconstruction.details) | {"attack_seconds": round(attack_seconds, 3)},
+            "per_sample": scores.per_sample,
+            "config": config,
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (folder / "metrics.json").write_text(_json(full))
+        save_grid(true_images, matched, folder / "grid.png")
+        write_run_report(folder, full, record.__dict__, folder / "grid.png")
+        torch.save({"images": reconstruction.images, "labels": reconstruction.labels}, folder / "reconstruction.pt")
+    try:
+        insert_run(database_path(out_dir), {
+            "run_id": run_id, "created": run_id[:22], "scenario": scen.name, "attack": attack.name,
+            "threat_model": threat.name, "dataset": scen.dataset, "model": scen.model,
+            "batch_size": scen.batch_size, "clients": scen.clients, "seed": scen.seed,
+            "defenses": scen.defenses, "psnr_mean": scores.flat.get("psnr_mean"),
+            "ssim_mean": scores.flat.get("ssim_mean"), "fraction_recovered": scores.flat.get("fraction_recovered"),
+            "label_accuracy": scores.flat.get("label_accuracy"), "runtime_s": summary["runtime_s"],
+            "metrics": scores.flat, "config": config, "run_dir": summary["run_dir"],
+        })
+    except Exception as exc:
+        shutil.rmtree(out_dir / run_id, ignore_errors=True)
+        raise GialabError(f"cannot write results database {database_path(out_dir)}: {exc}") from None
+    return RunResult(scen, summary, reconstruction, true_images, matched, Path(summary["run_dir"]))
+
+
+def _json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False, default=float)
