@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from gialab.attacks.base import Attack, AttackContext, Progress, Reconstruction, no_progress
-from gialab.attacks.catalog import RECORDS
+from gialab.attacks.taxonomy import RECORDS
 from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset

@@ -33,10 +33,10 @@ _ATTACKS: dict[str, type[Attack]] = {}
 
 def register(cls: type[Attack]) -> type[Attack]:
     """Class decorator: make an attack available by its ``name``; names must be in the catalog."""
-    from gialab.attacks.catalog import RECORDS
+    from gialab.attacks.taxonomy import RECORDS
 
     if cls.name not in RECORDS:
-        raise ValueError(f"attack {cls.name!r} has no taxonomy record in gialab.attacks.catalog")
+        raise ValueError(f"attack {cls.name!r} has no taxonomy record in gialab.attacks.taxonomy")
     if cls.name in _ATTACKS:
         raise ValueError(f"attack {cls.name!r} is registered twice")
     _ATTACKS[cls.name] = cls
@@ -61,7 +61,7 @@ def get_attack(name: str) -> type[Attack]:
 
 def catalog() -> list[dict[str, object]]:
     """The taxonomy table: every record, with ``implemented`` filled in from the registry."""
-    from gialab.attacks.catalog import RECORDS
+    from gialab.attacks.taxonomy import RECORDS
 
     done = implemented()
     return [asdict(r) | {"implemented": r.name in done} for r in RECORDS.values()]

@@ -20,6 +20,7 @@ attacks (trap weights, Robbing the Fed) later amplify on purpose.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -102,14 +103,18 @@ class FCLeakage(Attack):
 
 
 def _group_rows(rows: torch.Tensor, tol: float) -> list[torch.Tensor]:
-    """Greedy grouping of row estimates that coincide up to ``tol`` (relative L2 distance)."""
+    """Greedy grouping of row estimates that coincide up to ``tol`` (relative L2 distance).
+
+    One matrix product gives all pairwise distances; the greedy pass then only reads booleans.
+    """
     norms = rows.norm(dim=1).clamp_min(1e-12)
-    unassigned = torch.ones(len(rows), dtype=torch.bool)
+    close = (torch.cdist(rows, rows) < tol * norms[:, None]).numpy()
+    unassigned = np.ones(len(rows), dtype=bool)
     groups: list[torch.Tensor] = []
-    while unassigned.any():
-        seed = int(torch.nonzero(unassigned)[0])
-        dist = (rows - rows[seed]).norm(dim=1) / norms[seed]
-        members = torch.nonzero(unassigned & (dist < tol)).flatten()
-        groups.append(members)
+    for seed in range(len(rows)):
+        if not unassigned[seed]:
+            continue
+        members = np.flatnonzero(unassigned & close[seed])
+        groups.append(torch.from_numpy(members))
         unassigned[members] = False
     return groups

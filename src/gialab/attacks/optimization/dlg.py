@@ -37,6 +37,8 @@ class DLGParams(AttackParams):
     labels: Literal["joint", "idlg"] = Field("joint", description="optimize labels (DLG) or infer them (iDLG)")
     batch_size: int | None = Field(None, ge=1, description="images to recover; default: the observed example count")
     tol: float = Field(1e-12, ge=0, description="stop once the gradient distance falls below this")
+    line_search: Literal["none", "strong_wolfe"] = Field(
+        "strong_wolfe", description="L-BFGS line search; 'none' is the paper's code (fixed step lr)")
 
 
 def gradient_distance(observed: tuple[torch.Tensor, ...], dummy: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -74,7 +76,10 @@ class DLG(Attack):
             label_logits = torch.randn((n, observation.data.num_classes), generator=gen).to(device)
             label_logits.requires_grad_(True)
             variables = [x, label_logits]
-        optimizer = torch.optim.LBFGS(variables, lr=p.lr, max_iter=p.max_evals, history_size=100)
+        optimizer = torch.optim.LBFGS(
+            variables, lr=p.lr, max_iter=p.max_evals, history_size=100,
+            line_search_fn=None if p.line_search == "none" else p.line_search,
+        )
 
         def objective() -> torch.Tensor:
             soft = target if p.labels == "idlg" else F.softmax(label_logits, dim=-1)
