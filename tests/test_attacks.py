@@ -36,19 +36,19 @@ def test_fc_leakage_recovers_samples_isolated_by_relu_rows(out_dir: Path) -> Non
     assert large.metrics["fraction_recovered"] < 0.5
 
 
-def test_dlg_reaches_25_db_on_lenet_batch_one(out_dir: Path) -> None:
-    result = gialab.run("dlg", out=out_dir, seed=0)  # the preset's 300 L-BFGS steps
+def test_dlg_with_idlg_labels_reaches_25_db_on_lenet_batch_one(out_dir: Path) -> None:
+    result = gialab.run("idlg", out=out_dir, seed=0)  # the preset's 300 L-BFGS steps
     assert result.metrics["psnr_mean"] >= 25.0
     assert result.metrics["label_accuracy"] == 1.0
 
 
 def test_dlg_that_does_not_optimize_fails_the_threshold(out_dir: Path) -> None:
-    result = gialab.run("dlg", out=out_dir, seed=0, attack__iterations=1, attack__max_evals=1)
+    result = gialab.run("idlg", out=out_dir, seed=0, attack__iterations=1, attack__max_evals=1)
     assert result.metrics["psnr_mean"] < 25.0
 
 
 def test_dlg_joint_labels_recover_image_and_label(out_dir: Path) -> None:
-    result = gialab.run("dlg", out=out_dir, seed=1, attack__labels="joint")
+    result = gialab.run("dlg", out=out_dir, seed=1)  # the preset optimizes labels jointly
     assert result.metrics["psnr_mean"] >= 25.0
     assert result.metrics["label_accuracy"] == 1.0
 
@@ -65,7 +65,7 @@ def test_idlg_label_inference_is_exact(model_name: str) -> None:
 
 def test_idlg_refuses_a_batch(out_dir: Path) -> None:
     with pytest.raises(GialabError, match="one sample"):
-        gialab.run("dlg", out=out_dir, batch_size=2)
+        gialab.run("idlg", out=out_dir, batch_size=2)
 
 
 def test_catalog_covers_the_survey_and_figure1() -> None:

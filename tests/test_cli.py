@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import gialab
+from gialab.attacks import implemented
 from gialab.models import build_model
+from gialab.scenario import preset_names
 
 SUMMARY_KEYS = {"scenario", "attack", "threat_model", "fl_setup", "defenses", "n_samples", "metrics",
                 "runtime_s", "run_dir"}
@@ -60,7 +62,7 @@ def test_presets_and_catalog(cli) -> None:
     presets = cli("presets")
     assert presets.code == 0 and "dlg" in presets.out and "fc-leakage" in presets.out
     records = json.loads(cli("catalog", "--json").out)
-    assert {r["name"] for r in records if r["implemented"]} == {"dlg", "fc-leakage"}
+    assert {r["name"] for r in records if r["implemented"]} == set(implemented()) >= {"dlg", "fc-leakage", "idlg"}
     assert sum(r["figure1"] for r in records) == 9  # eight systems; trap weights counted for images and text
 
 
@@ -77,7 +79,7 @@ def _weights(tmp_path: Path, *, nan: bool = False, wrong_shape: bool = False) ->
 
 
 BAD_INPUTS = {
-    "unknown preset": (["nope"], "unknown preset 'nope'; valid: dlg, fc-leakage"),
+    "unknown preset": (["nope"], "unknown preset 'nope'; valid: "),
     "unknown attack": (["dlg", "--set", "attack.name=nope"], "unknown attack 'nope'; valid:"),
     "unknown model": (["dlg", "--set", "model=vgg"], "unknown model 'vgg'; valid:"),
     "unknown dataset": (["dlg", "--set", "dataset=mnist"], "unknown dataset 'mnist'; valid:"),
@@ -87,6 +89,7 @@ BAD_INPUTS = {
                                       "batch_size 3 is larger than each client's data (2 examples)"),
     "more clients than data": (["fc-leakage", "--set", "clients=5000"], "examples"),
     "unknown hyperparameter": (["dlg", "--set", "attack.steps=3"], "has no hyperparameter 'steps'"),
+    "missing LPIPS weights": (["fc-leakage", "--set", "lpips_weights=/nope.pt"], "'/nope.pt' does not exist"),
     "missing dataset folder": (["dlg", "--set", "dataset=cifar10", "--set", "data_path=/nonexistent"], "/nonexistent"),
 }
 
@@ -140,5 +143,5 @@ def test_failed_database_write_leaves_no_run_folder(out_dir: Path) -> None:
 def test_real_entry_point_exit_code() -> None:
     proc = subprocess.run([sys.executable, "-m", "gialab.cli", "run", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == "gialab: error: unknown preset 'nope'; valid: dlg, fc-leakage\n"
+    assert proc.stderr == f"gialab: error: unknown preset 'nope'; valid: {', '.join(preset_names())}\n"
     assert proc.stdout == ""

@@ -32,6 +32,7 @@ from gialab.defenses import resolve_defenses
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.metrics import score
+from gialab.metrics.lpips import load_lpips
 from gialab.models import build_model, load_weights
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
@@ -158,6 +159,8 @@ def run(
     check_grants(attack.name, attack.requires, granted, context)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    if scen.lpips_weights is not None:
+        load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)

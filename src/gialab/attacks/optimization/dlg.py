@@ -113,3 +113,15 @@ class DLG(Attack):
             reference=reference,
             details={"gradient_distance": distance_best, "iterations": float(steps)},
         )
+
+
+class IDLGParams(DLGParams):
+    labels: Literal["idlg"] = Field("idlg", description="iDLG always infers the label analytically")
+
+
+@register
+class IDLG(DLG):
+    """iDLG (Zhao et al. 2020): DLG with the label read off the last layer, for one sample."""
+
+    name = "idlg"
+    Params = IDLGParams
