@@ -112,12 +112,13 @@ def catalog_command(
 def demo_command(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo page and its runs")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="seed for every run")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="smoke-test budgets: checks the plumbing in seconds")] = False,
 ) -> None:
     """Run every implemented attack on embedded data and write one HTML page linking the runs."""
     from gialab.demo import run_demo
 
     with _progress_bar(sys.stderr.isatty()) as factory:
-        index, results = run_demo(out_dir, seed=seed, on_run=lambda n: err.print(f"running {n} ..."),
+        index, results = run_demo(out_dir, seed=seed, quick=quick, on_run=lambda n: err.print(f"running {n} ..."),
                                   progress_for=factory)
     for r in results:
         m = r.metrics

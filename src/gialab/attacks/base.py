@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -63,6 +63,10 @@ class Attack(ABC):
     name: ClassVar[str]
     requires: ClassVar[frozenset[Capability]]
     Params: ClassVar[type[AttackParams]] = AttackParams
+    # Hyperparameter overrides for `gialab demo` (keep the whole demo within minutes on 2 cores)
+    # and for `gialab demo --quick` (a smoke run that only exercises the plumbing).
+    demo_overrides: ClassVar[dict[str, Any]] = {}
+    smoke_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         self.params = params

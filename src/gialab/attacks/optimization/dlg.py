@@ -51,6 +51,7 @@ class DLG(Attack):
     name = "dlg"
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = DLGParams
+    smoke_overrides = {"iterations": 3}
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         p: DLGParams = self.params  # type: ignore[assignment]
