@@ -5,18 +5,22 @@ The smoke budgets keep this a plumbing test; each attack's quality has its own e
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from gialab.attacks import implemented
 
 
-def test_demo_page_links_every_implemented_attack(cli, tmp_path: Path) -> None:
-    result = cli("demo", "--quick", "--out", str(tmp_path / "demo"))
+def test_demo_page_links_every_implemented_attack(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` uses
+    result = cli("demo", "--quick", "--out", "demo")
     assert result.code == 0, result.err
     page = (tmp_path / "demo" / "index.html").read_text()
     for name in implemented():
         assert f">{name}</a>" in page
-    links = page.count("report.html")
-    assert links == len(implemented())
+    links = re.findall(r'href="([^"]+)"', page)
+    assert len(links) == len(implemented())
+    for link in links:
+        assert (tmp_path / "demo" / link).is_file()  # every link resolves from the page's folder
     for report in (tmp_path / "demo" / "runs").glob("*/report.html"):
         assert "data:image/png;base64," in report.read_text()

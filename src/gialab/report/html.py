@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys:
     rows = []
     for run in runs:
         run_dir = Path(run["run_dir"])
-        link = html.escape(str((run_dir / "report.html").relative_to(path.parent)))
+        link = html.escape(os.path.relpath(run_dir / "report.html", path.parent.resolve()))
         cells = "".join(f"<td>{_fmt(run['metrics'].get(k))}</td>" for k in keys)
         grid = run_dir / "grid.png"
         rows.append(
