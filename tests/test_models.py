@@ -12,6 +12,7 @@ from torch import nn
 from gialab.errors import GialabError
 from gialab.models import (
     MODELS,
+    CNN6,
     ConvNet,
     FCNet,
     LeNet,
@@ -58,8 +59,8 @@ def test_seeded_build_is_deterministic(name: str) -> None:
 
 def test_classes_and_names() -> None:
     torch.manual_seed(0)
-    assert model_names() == MODELS == ("lenet", "convnet", "resnet18", "fcnet")
-    expected = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "fcnet": FCNet}
+    assert model_names() == MODELS == ("lenet", "convnet", "resnet18", "fcnet", "cnn6")
+    expected = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "fcnet": FCNet, "cnn6": CNN6}
     for name, cls in expected.items():
         assert isinstance(build_model(name, (1, 8, 8), 10), cls)
     assert "parameters" in describe(LeNet())

@@ -1,11 +1,12 @@
 """Models attacked in the gradient inversion literature, built by name for a data shape.
 
 ``build_model(name, shape, num_classes)`` with ``name`` in :data:`MODELS`: DLG's Sigmoid LeNet,
-Inverting Gradients' ConvNet, a CIFAR ResNet-18 and a 6-layer fully connected net (whose first
-Linear, ``FCNet.input_layer``, is what analytic attacks target). ``load_weights`` loads a
-checkpoint safely (``weights_only``).
+Inverting Gradients' ConvNet, a CIFAR ResNet-18, a 6-layer fully connected net (whose first
+Linear, ``FCNet.input_layer``, is what analytic attacks target) and R-GAP's LeakyReLU CNN6.
+``load_weights`` loads a checkpoint safely (``weights_only``).
 """
 
+from gialab.models.cnn6 import CNN6
 from gialab.models.convnet import ConvNet
 from gialab.models.fcnet import FCNet
 from gialab.models.lenet import LeNet
@@ -16,6 +17,7 @@ from gialab.models.weights import load_weights
 __all__ = [
     "MODELS",
     "BasicBlock",
+    "CNN6",
     "ConvNet",
     "FCNet",
     "LeNet",

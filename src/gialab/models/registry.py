@@ -12,18 +12,20 @@ from collections.abc import Callable
 from torch import nn
 
 from gialab.errors import GialabError, unknown_name
+from gialab.models.cnn6 import CNN6
 from gialab.models.convnet import ConvNet
 from gialab.models.fcnet import FCNet
 from gialab.models.lenet import LeNet
 from gialab.models.resnet import ResNet18
 
-MODELS: tuple[str, ...] = ("lenet", "convnet", "resnet18", "fcnet")
+MODELS: tuple[str, ...] = ("lenet", "convnet", "resnet18", "fcnet", "cnn6")
 
 _BUILDERS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
     "lenet": lambda shape, k: LeNet(shape, k),
     "convnet": lambda shape, k: ConvNet(shape, k),
     "resnet18": lambda shape, k: ResNet18(shape[0], k),
     "fcnet": lambda shape, k: FCNet(shape, k),
+    "cnn6": lambda shape, k: CNN6(shape, k),
 }
 
 
