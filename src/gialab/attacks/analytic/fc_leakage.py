@@ -26,6 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from gialab.attacks.base import Attack, AttackParams, Reconstruction
+from gialab.attacks.input_layer import input_linear
 from gialab.attacks.registry import register
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
@@ -38,26 +39,6 @@ class FCLeakageParams(AttackParams):
     group_tol: float = Field(1e-3, gt=0, description="relative distance under which row estimates are one image")
 
 
-def first_linear(model: nn.Module) -> tuple[nn.Linear, int]:
-    """The model's first parameterized layer and the index of its weight in ``parameters()``.
-
-    The attack is only exact when that layer sees the raw (flattened) input, so the first
-    module holding parameters must be an ``nn.Linear`` with a bias.
-    """
-    index = 0
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if not own:
-            continue
-        if not isinstance(module, nn.Linear) or module.bias is None:
-            raise GialabError(
-                f"fc-leakage needs a model whose first layer is fully connected with a bias (e.g. fcnet); "
-                f"this model starts with {type(module).__name__}"
-            )
-        return module, index
-    raise GialabError("fc-leakage needs a model with parameters; this model has none")
-
-
 @register
 class FCLeakage(Attack):
     name = "fc-leakage"
@@ -65,18 +46,11 @@ class FCLeakage(Attack):
     Params = FCLeakageParams
 
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
-        layer, _ = first_linear(model)
-        c, h, w = data.shape
-        if layer.in_features != c * h * w:
-            raise GialabError(
-                f"fc-leakage: the first layer takes {layer.in_features} inputs but the data has "
-                f"{c}x{h}x{w} = {c * h * w}"
-            )
+        input_linear(model, data, self.name)
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         params: FCLeakageParams = self.params  # type: ignore[assignment]
-        self.check_model(observation.model, observation.data)
-        _, index = first_linear(observation.model)
+        _, index = input_linear(observation.model, observation.data, self.name)
         update = observation.target_update()
         grad_w, grad_b = update[index].double(), update[index + 1].double()
         counts = observation.example_counts

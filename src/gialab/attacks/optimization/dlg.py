@@ -25,6 +25,7 @@ from pydantic import Field
 
 from gialab.attacks.base import Attack, AttackParams, Reconstruction
 from gialab.attacks.optimization.label_inference import idlg_label
+from gialab.attacks.optimization.objective import gradient_distance
 from gialab.attacks.registry import register
 from gialab.errors import GialabError
 from gialab.threats import Capability, Observation
@@ -39,11 +40,6 @@ class DLGParams(AttackParams):
     tol: float = Field(1e-12, ge=0, description="stop once the gradient distance falls below this")
     line_search: Literal["none", "strong_wolfe"] = Field(
         "strong_wolfe", description="L-BFGS line search; 'none' is the paper's code (fixed step lr)")
-
-
-def gradient_distance(observed: tuple[torch.Tensor, ...], dummy: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Eq. (1): the squared L2 distance between two gradients, summed over all parameters."""
-    return sum(((d - o) ** 2).sum() for d, o in zip(dummy, observed, strict=True))  # type: ignore[return-value]
 
 
 @register
