@@ -76,7 +76,6 @@ PSNR_THRESHOLD = 9.5  # dB on the preset image: the grey start scores ~8.3, 60 s
 def test_end_to_end_beats_doing_nothing(tmp_path: Path) -> None:
     nothing = gialab.run("inverting-gradients", out=tmp_path / "a", seed=0, set={"attack.iterations": 1})
     real = gialab.run("inverting-gradients", out=tmp_path / "b", seed=0, set={"attack.iterations": 60})
-    print(nothing.metrics["psnr_mean"], real.metrics["psnr_mean"])
     assert nothing.metrics["psnr_mean"] < PSNR_THRESHOLD < real.metrics["psnr_mean"]
     assert real.metrics["ssim_mean"] > nothing.metrics["ssim_mean"]
     assert real.metrics["label_accuracy"] == 1.0
