@@ -157,6 +157,7 @@ def run(
     attack = _build_attack(scen, progress or no_progress)
     context = f"threat model {threat.name}" + (f" with defenses [{', '.join(scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
+    attack.check_update_kind(scen.fl.update_kind)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
     if scen.lpips_weights is not None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from gialab.data.dataset import DataSpec
+from gialab.errors import GialabError
 from gialab.fl.protocol import ServerPlan
 from gialab.threats import Capability, Observation
 
@@ -67,10 +68,22 @@ class Attack(ABC):
     # and for `gialab demo --quick` (a smoke run that only exercises the plumbing).
     demo_overrides: ClassVar[dict[str, Any]] = {}
     smoke_overrides: ClassVar[dict[str, Any]] = {}
+    # What the attack can invert: FedSGD's "gradient", FedAvg's "model_delta", or both.
+    update_kinds: ClassVar[frozenset[str]] = frozenset({"gradient", "model_delta"})
 
     def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         self.params = params
         self.context = context or AttackContext()
+
+    def check_update_kind(self, kind: str) -> None:
+        """Refuse an FL setup whose updates this attack cannot invert (the runner asks before round 1)."""
+        if kind in self.update_kinds:
+            return
+        if kind == "model_delta":
+            raise GialabError(f"{self.name} inverts FedSGD gradients; this scenario sends FedAvg model deltas "
+                              "(use fedavg-inversion for model deltas)")
+        raise GialabError(f"{self.name} inverts FedAvg model deltas; this scenario sends FedSGD gradients "
+                          "(set fl.algorithm=fedavg, or use an attack on gradients)")
 
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         """Raise ``GialabError`` when this attack cannot handle ``model``; default: any model."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
+from gialab.fl.client import parameter_index
 
 
 def input_linear(model: nn.Module, data: DataSpec, attack: str, *, bias: bool = True) -> tuple[nn.Linear, int]:
@@ -30,5 +31,4 @@ def input_linear(model: nn.Module, data: DataSpec, attack: str, *, bias: bool = 
         raise GialabError(
             f"{attack}: the first layer takes {first.in_features} inputs but the data has {c}x{h}x{w} = {c * h * w}"
         )
-    index = [id(p) for p in model.parameters()].index(id(first.weight))
-    return first, index
+    return first, parameter_index(model, first.weight)

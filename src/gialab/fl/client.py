@@ -12,6 +12,14 @@ from gialab.fl.setup import FLSetup
 from gialab.fl.training import LossFn, fedavg_update, fedsgd_update
 
 
+def parameter_index(model: nn.Module, parameter: torch.nn.Parameter) -> int:
+    """Where ``parameter``'s tensor sits in an update (updates align with ``model.parameters()``)."""
+    for i, p in enumerate(model.parameters()):
+        if p is parameter:
+            return i
+    raise ValueError("the parameter does not belong to this model")
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
     """What one client sends: tensors aligned with the model's parameters, and its example count."""

@@ -60,6 +60,7 @@ from gialab.attacks.input_layer import input_linear
 from gialab.attacks.registry import register
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
+from gialab.fl.client import parameter_index
 from gialab.threats import Capability, Observation
 
 Scale = Literal["bias", "moments", "minmax"]
@@ -91,10 +92,10 @@ class CocktailParty(Attack):
         if update is None:
             raise GialabError("cocktail-party sees neither the victim's update nor the aggregate")
         sources = self._sources(observation, individual)
-        ids = [id(q) for q in observation.model.parameters()]  # updates align with parameters()
-        grad_w = update[ids.index(id(first.weight))].detach().double().cpu().numpy()
+        model = observation.model
+        grad_w = update[parameter_index(model, first.weight)].detach().double().cpu().numpy()
         grad_b = (None if first.bias is None
-                  else update[ids.index(id(first.bias))].detach().double().cpu().numpy())
+                  else update[parameter_index(model, first.bias)].detach().double().cpu().numpy())
         live = np.abs(grad_w).sum(1) > 0
         if int(live.sum()) < sources:
             raise GialabError(

@@ -42,6 +42,7 @@ from gialab.attacks.optimization.label_inference import idlg_label
 from gialab.attacks.registry import register
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
+from gialab.fl.client import parameter_index
 from gialab.threats import Capability, Observation
 
 _ACTIVATIONS = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity)
@@ -80,7 +81,6 @@ class Step:
 
 def layer_chain(model: nn.Module, shape: tuple[int, int, int]) -> list[Step]:
     """Parse ``model`` into R-GAP's steps, or raise ``GialabError`` naming the layer it cannot invert."""
-    index_of = {id(p): i for i, p in enumerate(model.parameters())}
     pending: list[tuple[str, nn.Module, nn.Module | None]] = []
     for name, module in model.named_modules():
         if any(True for _ in module.children()):
@@ -121,7 +121,7 @@ def layer_chain(model: nn.Module, shape: tuple[int, int, int]) -> list[Step]:
             if isinstance(layer, nn.Linear):
                 x = x.flatten(1)
             out = layer(x)
-            steps.append(Step(name, layer, act, tuple(x.shape[1:]), tuple(out.shape[1:]), index_of[id(layer.weight)]))
+            steps.append(Step(name, layer, act, tuple(x.shape[1:]), tuple(out.shape[1:]), parameter_index(model, layer.weight)))
             x = act(out) if act is not None else out
     return steps
 
@@ -238,6 +238,7 @@ class RGAP(Attack):
     name = "rgap"
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = RGAPParams
+    update_kinds = frozenset({"gradient"})
 
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         params: RGAPParams = self.params  # type: ignore[assignment]
@@ -258,8 +259,7 @@ class RGAP(Attack):
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         params: RGAPParams = self.params  # type: ignore[assignment]
-        if observation.update_kind != "gradient":
-            raise GialabError("rgap inverts FedSGD gradients; this scenario sends FedAvg model deltas")
+        self.check_update_kind(observation.update_kind)
         counts = observation.example_counts or {}
         if counts.get(observation.target, 1) != 1:
             raise GialabError(

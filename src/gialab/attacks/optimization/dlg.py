@@ -47,12 +47,12 @@ class DLG(Attack):
     name = "dlg"
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = DLGParams
+    update_kinds = frozenset({"gradient"})
     smoke_overrides = {"iterations": 3}
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         p: DLGParams = self.params  # type: ignore[assignment]
-        if observation.update_kind != "gradient":
-            raise GialabError("dlg inverts FedSGD gradients; this scenario sends FedAvg model deltas")
+        self.check_update_kind(observation.update_kind)
         device = self.context.device
         observed = tuple(t.to(device) for t in observation.target_update())
         model = copy.deepcopy(observation.model).to(device).train()

@@ -82,6 +82,7 @@ class FedAvgInversion(Attack):
     smoke_overrides = {"iterations": 2}
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = FedAvgInversionParams
+    update_kinds = frozenset({"model_delta"})
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         p: FedAvgInversionParams = self.params  # type: ignore[assignment]
@@ -89,9 +90,7 @@ class FedAvgInversion(Attack):
         if setup is None:
             raise GialabError("fedavg-inversion unrolls the clients' local training and needs its epochs, "
                               "local batch size and rate: declare side_information: [local_hyperparameters]")
-        if observation.update_kind != "model_delta":
-            raise GialabError("fedavg-inversion inverts FedAvg model deltas; this scenario uses fedsgd "
-                              "(set fl.algorithm=fedavg, or use an attack on gradients)")
+        self.check_update_kind(observation.update_kind)
         device = self.context.device
         observed = tuple(t.to(device) for t in observation.target_update())
         model = copy.deepcopy(observation.model).to(device).train()

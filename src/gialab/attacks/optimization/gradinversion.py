@@ -148,6 +148,7 @@ class GradInversion(Attack):
     smoke_overrides = {"iterations": 1, "restarts": 1}
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = GradInversionParams
+    update_kinds = frozenset({"gradient"})
 
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         if not any(isinstance(m, _BN) for m in model.modules()):
@@ -157,9 +158,7 @@ class GradInversion(Attack):
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         p: GradInversionParams = self.params  # type: ignore[assignment]
-        if observation.update_kind != "gradient":
-            raise GialabError("gradinversion inverts FedSGD gradients; this scenario sends FedAvg model deltas "
-                              "(use fedavg-inversion)")
+        self.check_update_kind(observation.update_kind)
         self.check_model(observation.model, observation.data)
         device = self.context.device
         observed = tuple(t.to(device) for t in observation.target_update())

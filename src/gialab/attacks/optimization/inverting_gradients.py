@@ -111,13 +111,13 @@ class InvertingGradients(Attack):
     name = "inverting-gradients"
     requires = frozenset({Capability.OBSERVE_INDIVIDUAL})
     Params = InvertingGradientsParams
+    update_kinds = frozenset({"gradient"})
     demo_overrides = {"iterations": 150}
     smoke_overrides = {"iterations": 2}
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         p: InvertingGradientsParams = self.params  # type: ignore[assignment]
-        if observation.update_kind != "gradient":
-            raise GialabError("inverting-gradients inverts FedSGD gradients; use fedavg-inversion for model deltas")
+        self.check_update_kind(observation.update_kind)
         device = self.context.device
         observed = tuple(t.detach().to(device) for t in observation.target_update())
         model = copy.deepcopy(observation.model).to(device).train()

@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from gialab.errors import GialabError
+from gialab.fl.client import parameter_index
 
 
 def last_linear_index(model: nn.Module) -> tuple[nn.Linear, int]:
     """The model's last ``nn.Linear`` and the index of its weight among ``model.parameters()``."""
-    index_of = {id(p): i for i, p in enumerate(model.parameters())}
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise GialabError("label inference needs a fully connected classification layer; this model has none")
     last = linears[-1]
-    return last, index_of[id(last.weight)]
+    return last, parameter_index(model, last.weight)
 
 
 def idlg_label(model: nn.Module, update: tuple[torch.Tensor, ...]) -> torch.Tensor:
