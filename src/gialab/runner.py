@@ -160,10 +160,11 @@ def run(
 
     # Everything refusable, before any work.
     threat = get_threat_model(scen.threat_model)
-    defenses = resolve_defenses(scen.defenses)
+    defenses = resolve_defenses([d.compact() for d in scen.defenses])
     granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
     attack = _build_attack(scen, progress or no_progress)
-    context = f"threat model {threat.name}" + (f" with defenses [{', '.join(scen.defenses)}]" if scen.defenses else "")
+    context = f"threat model {threat.name}" + (
+        f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
     attack.check_update_kind(scen.fl.update_kind)
     if scen.victim >= scen.clients:
@@ -210,7 +211,7 @@ def run(
         "attack": attack.name,
         "threat_model": threat.name,
         "fl_setup": {"algorithm": scen.fl.algorithm, "clients": scen.clients, **scen.fl.model_dump(exclude={"algorithm"})},
-        "defenses": list(scen.defenses),
+        "defenses": [d.compact() for d in scen.defenses],
         "n_samples": int(true_images.shape[0]),
         "metrics": scores.flat,
         "runtime_s": 0.0,
@@ -233,7 +234,7 @@ def run(
             "run_id": run_id, "created": run_id[:22], "scenario": scen.name, "attack": attack.name,
             "threat_model": threat.name, "dataset": scen.dataset, "model": scen.model,
             "batch_size": scen.batch_size, "clients": scen.clients, "seed": scen.seed,
-            "defenses": scen.defenses, "psnr_mean": scores.flat.get("psnr_mean"),
+            "defenses": [d.compact() for d in scen.defenses], "psnr_mean": scores.flat.get("psnr_mean"),
             "ssim_mean": scores.flat.get("ssim_mean"), "fraction_recovered": scores.flat.get("fraction_recovered"),
             "label_accuracy": scores.flat.get("label_accuracy"), "runtime_s": summary["runtime_s"],
             "metrics": scores.flat, "config": config, "run_dir": summary["run_dir"],

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator,
+)
 
 from gialab.errors import GialabError, unknown_name
 from gialab.fl.setup import FLSetup
@@ -29,6 +31,26 @@ class AttackConfig(BaseModel):
     @property
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class DefenseConfig(BaseModel):
+    """One defense: its name, or a mapping of its name and parameters (validated by the defense)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def compact(self) -> str | dict[str, Any]:
+        """The name alone when no parameter is set, else the mapping (how it is shown and stored)."""
+        return self.name if not self.parameters else {"name": self.name, **self.parameters}
 
 
 class Scenario(BaseModel):
@@ -52,7 +74,7 @@ class Scenario(BaseModel):
     side_information: tuple[SideInformation, ...] = ()
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
     attack: AttackConfig
-    defenses: tuple[str, ...] = ()
+    defenses: tuple[DefenseConfig, ...] = ()
     device: str = "cpu"
     recovered_psnr: float = Field(30.0, description="PSNR (dB) at which a sample counts as recovered")
     lpips_weights: Path | None = None

@@ -1,20 +1,20 @@
 """Defenses: client-side update transforms and aggregators (survey section 2.2).
 
-This version ships the undefended baseline (the example-weighted mean). Secure aggregation, DP,
-compression and robust rules plug in through the two protocols in ``base`` and register by name
-in ``DEFENSES``; a scenario lists them in order (client-side transforms, then one aggregator).
+Each defense registers by name with its own parameters (``registry``) and takes one of the two
+shapes in ``base``; a scenario lists them in order (client-side transforms, then at most one
+aggregator; without one the server takes the example-weighted mean).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gialab.defenses.base import Aggregator, UpdateTransform
 from gialab.defenses.mean import WeightedMean
-from gialab.errors import GialabError, unknown_name
-
-DEFENSES: dict[str, Callable[[], UpdateTransform | Aggregator]] = {}
+from gialab.defenses.registry import DefenseParams, build_defense, defense_classes, register_defense
+from gialab.errors import GialabError
 
 
 @dataclass(frozen=True)
@@ -28,22 +28,31 @@ class DefenseStack:
         return not self.aggregator.reveals_individual
 
 
-def resolve_defenses(names: Sequence[str]) -> DefenseStack:
+def resolve_defenses(configs: Sequence[str | Mapping[str, Any]]) -> DefenseStack:
+    """Build the scenario's defenses in order: ``name`` or ``{name: ..., <parameter>: ...}``."""
     transforms: list[UpdateTransform] = []
     aggregator: Aggregator | None = None
-    for name in names:
-        if name not in DEFENSES:
-            raise unknown_name("defense", name, DEFENSES) if DEFENSES else GialabError(
-                f"unknown defense {name!r}; no defenses are implemented in this version yet"
-            )
-        defense = DEFENSES[name]()
+    for config in configs:
+        name, parameters = (config, {}) if isinstance(config, str) else (
+            config["name"], {k: v for k, v in config.items() if k != "name"})
+        defense = build_defense(name, parameters)
         if isinstance(defense, Aggregator):
             if aggregator is not None:
                 raise GialabError(f"defenses {aggregator.name!r} and {name!r} are both aggregators; keep one")
             aggregator = defense
-        else:
+        elif isinstance(defense, UpdateTransform):
+            if aggregator is not None:
+                raise GialabError(
+                    f"client-side defense {name!r} is listed after the aggregator {aggregator.name!r}; "
+                    "list client-side transforms first"
+                )
             transforms.append(defense)
+        else:
+            raise TypeError(f"defense {name!r} is neither an UpdateTransform nor an Aggregator")
     return DefenseStack(tuple(transforms), aggregator or WeightedMean())
 
 
-__all__ = ["DEFENSES", "Aggregator", "DefenseStack", "UpdateTransform", "WeightedMean", "resolve_defenses"]
+__all__ = [
+    "Aggregator", "DefenseParams", "DefenseStack", "UpdateTransform", "WeightedMean", "build_defense",
+    "defense_classes", "register_defense", "resolve_defenses",
+]

@@ -120,7 +120,7 @@ class Protocol:
             for transform in self.transforms:
                 update = transform(update, self.generator)
             updates[cid], batches[cid] = update, batch
-        aggregate = self.aggregator(list(updates.values()))
+        aggregate = self.aggregator(list(updates.values()), self.generator)
         if plan.model is None and not plan.per_client:
             self._step(aggregate)
         self.participation_log.append(tuple(participants))
