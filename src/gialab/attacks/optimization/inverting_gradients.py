@@ -22,7 +22,11 @@ Speed: restarts are independent problems, so they run as ONE vmapped double-back
 (``torch.func.vmap`` over ``grad`` of a function that itself calls ``grad``). Each restart is its
 own batch of ``n`` images, so train-mode BatchNorm statistics stay per restart, exactly as the
 client computed them. Running-statistics buffers are dropped for the attack's copy of the model
-(they do not affect train-mode outputs, and updating them in place cannot be vmapped).
+(they do not affect train-mode outputs, and updating them in place cannot be vmapped). One
+restart (or ``batched=False``) skips vmap and uses plain autograd: the same numbers, less dispatch.
+
+A step costs what a step of breaching costs (BENCHMARKS.md): both compute the same double backward
+through the network, and that is nearly all of the time; Python adds only the optimizer step.
 
 Labels: declared side information if the scenario grants it, else iDLG for one image
 (``label_inference.idlg_label``); larger batches need declared labels (see ``pick_labels``).
