@@ -41,11 +41,11 @@ def test_a_sample_alone_in_its_bin_is_recovered_to_float64_precision() -> None:
     bins = (z > 0).sum(dim=1) - 1  # units are cumulative: sample fires units 0..bin
     counts = torch.bincount(bins, minlength=32)
     alone = [int(n) for n in range(24) if counts[bins[n]] == 1]
-    assert len(alone) >= 8  # measured 13 of 24 for this seed
+    assert len(alone) >= 8  # measured 19 of 24 for this seed
     for n in alone:
         estimate = dw[bins[n]] / db[bins[n]]
         relative = (estimate - x[n].flatten().double()).norm() / x[n].norm()
-        assert relative < 1e-4  # measured ~1e-15 (float64 block); eq. 7's cancellation is exact
+        assert relative < 1e-4  # measured <= 2e-14 (float64 block); eq. 7's cancellation is exact
     shared = [b for b in range(32) if counts[b] >= 2]
     for b in shared:  # a shared bin gives a mixture, far from each of its samples
         estimate = dw[b] / db[b]
