@@ -29,13 +29,18 @@ bins above that is ``(1 - 1/k)^(n-1)`` (:func:`expected_single_fraction`). This 
 far as the Gaussian model of the measurement holds; the attack reports it as
 ``expected_fraction`` next to what was really recovered.
 
-``g`` (``gain``) rescales the imprint rows without moving the bins. Under FedAvg the client takes
-several local steps; each step changes the imprint rows by ``lr * dL/dW``, which would move the
-bins mid-round. Because the back layer carries ``1/g`` (see :class:`ImprintBlock`), the rows'
-relative change per step scales as ``1/g^2``: with a large gain the bins stay put, every local
-step adds ``lr * delta_{n,t} x_n`` to the bin of sample ``n``, the update stays linear in each
-sample's contributions, and the ratio of eq. 6 still returns ``x_n`` (the FedAvg "linear
-scaling" of the paper, section 4.3).
+``g`` (``gain``) rescales the imprint rows without moving the bins; the way back carries
+``1/g``. This is the paper's FedAvg "linear scaling" (survey Table 1: "FedAVG case necessitates
+additional linear scaling in imprint module"). Under FedAvg the client takes several local
+steps; each step moves the imprint rows by ``lr * delta * x``, which would move the bins
+mid-round and mix samples across them. Since the gradient reaching the rows scales as ``1/g``
+and the rows as ``g``, the bins move ``1/g^2`` as much per step: with a large gain every step
+adds ``lr * delta_{n,t} x_n`` to the same bin, the update stays linear in each sample's
+contributions, and the ratio of eq. 6 still returns ``x_n`` (tests/test_robbing_the_fed.py:
+gain 1 recovers 0.09 of a batch under aggressive local training, gain 100 recovers 0.50 of an
+expected 0.61). The block computes in float64: FedAvg sends ``w_start - w_end``, and in float32
+a per-sample change ``1e-8`` of weights of size ``g`` would be lost to rounding; the server picks
+the block's precision like any other part of the architecture it sends.
 """
 
 from __future__ import annotations

@@ -20,8 +20,13 @@ Where ``mu`` and ``sigma`` come from (the attacker never sees the data):
   factor that depends on ``a`` (0.8x-2x on the natural crops).
 * later rounds (``fl.rounds > 1``): ``observe_round`` measures every image the previous rounds
   gave back (a recovered sample's measurement is exact) and refits ``mu``, ``sigma`` to them.
-  This is the multi-query power the malicious-server threat model grants; the presets use one
-  calibration round on other examples of the victim before the attacked round.
+  This is the multi-query power the malicious-server threat model grants; the preset uses one
+  calibration round on other examples of the victim before the attacked round (batch 64, 128
+  bins, seeds 0-4 on the natural crops: median 0.625 of the batch recovered at 100 dB against a
+  closed form 0.61; see bench/imprint_fraction.py for one round against two).
+
+FedAvg is handled by the block's gain (default 100; see ``imprint.py``), which changes nothing
+under FedSGD.
 
 What is returned. Every non-empty bin gives ``(dW_l - dW_{l+1}) / (db_l - db_{l+1})``: the
 sample itself when it was alone, a weighted mix otherwise. By default (``keep=plausible``) only
@@ -55,7 +60,7 @@ from gialab.fl.client import parameter_index
 from gialab.fl.protocol import ServerPlan
 from gialab.threats import Capability, Observation
 
-MAX_BINS = 4096  # the imprint layer holds k x C*H*W weights; 4096 x 3x32x32 floats is 50 MB per copy
+MAX_BINS = 4096  # the imprint layer holds k x C*H*W float64 weights; 4096 x 3x32x32 is 100 MB per copy
 
 
 class RobbingTheFedParams(AttackParams):

@@ -17,6 +17,15 @@ whose pixels under the positive half are markedly brighter than under the negati
 unit becomes a rare "trap" that catches few inputs, and with hundreds of units most inputs are
 caught alone by at least one of them.
 
+Where the thresholds come from. The paper's form (``fire_rate=None``: bias 0, the positive half
+shrunk by ``scale_factor``) fixes how often a unit fires only through the input statistics it
+happens to meet: on the natural crops ``scale_factor=0.9`` fires for 0.6% of inputs, 1.0 for
+about half. gialab's default keeps eq. 10's half-negative rows and instead puts each row's bias
+at the ``1 - fire_rate`` quantile of a Gaussian model of its pre-activation built from the public
+``DataSpec`` pixel statistics (no private data), so units fire for ~3% of inputs (measured 2.6%).
+Measured on the FC net, batch 32, seed 0: 0.69 of the batch recovered with the default, 0.28
+with the paper's form at ``scale_factor=0.9``, 0.375 with untrapped halves (bias 0, scale 1).
+
 Read-out. Every active row gives an estimate ``dL/dW_i / dL/db_i``; rows that caught the same
 single sample agree to float precision while mixtures almost never coincide (their mixing
 weights ``delta_{n,i}`` differ from unit to unit). So coinciding rows are grouped
