@@ -49,7 +49,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from gialab.attacks.base import Attack, AttackParams, Reconstruction
+from gialab.attacks.base import Attack, AttackContext, AttackParams, Reconstruction
 from gialab.attacks.registry import register
 from gialab.attacks.sparsification.imprint import (
     ImprintBlock, ImprintedModel, attacked_update, bin_differences, expected_single_fraction,
@@ -80,7 +80,7 @@ class RobbingTheFed(Attack):
     requires = frozenset({Capability.MODIFY_ARCHITECTURE, Capability.OBSERVE_AGGREGATE})
     Params = RobbingTheFedParams
 
-    def __init__(self, params: AttackParams, context=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         super().__init__(params, context)
         self._seen: list[torch.Tensor] = []  # measurements of images recovered in earlier rounds
         self._block: ImprintBlock | None = None
