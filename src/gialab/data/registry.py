@@ -1,8 +1,10 @@
 """Dataset names as used in configs and on the command line, mapped to their loaders.
 
 Built-in sets ship with scikit-image / scikit-learn and need nothing else; the path-based ones
-read the user's own files; ``pydoc`` is English text (token sequences, :mod:`gialab.data.text`). ``data_path`` is rejected for built-ins rather than ignored, because
-a path that silently does nothing usually means the user picked the wrong dataset name.
+read the user's own files. ``DATASETS`` names the image sets; ``TEXT_DATASETS`` (``pydoc``,
+:mod:`gialab.data.text`) hold token sequences for language-model attacks. ``data_path`` is
+rejected for built-ins rather than ignored, because a path that silently does nothing usually
+means the user picked the wrong dataset name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from gialab.errors import GialabError, unknown_name
 
 BUILTIN_DATASETS = ("natural", "faces", "digits")
 PATH_DATASETS = ("cifar10", "cifar100", "image-folder")
-DATASETS = BUILTIN_DATASETS + PATH_DATASETS + TEXT_DATASETS
+DATASETS = BUILTIN_DATASETS + PATH_DATASETS
 
 
 def load_dataset(
@@ -31,8 +33,8 @@ def load_dataset(
     CIFAR loads the training split; call :func:`gialab.data.cifar.load_cifar` for the test split.
     ``sequence_length`` (tokens per sequence) applies to text datasets only.
     """
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+    if name not in DATASETS + TEXT_DATASETS:
+        raise unknown_name("dataset", name, DATASETS + TEXT_DATASETS)
     if name in TEXT_DATASETS:
         if path is not None:
             raise GialabError(f"dataset {name!r} is built in and takes no data_path")

@@ -19,12 +19,12 @@ from gialab.models.convnet import ConvNet
 from gialab.models.fcnet import FCNet
 from gialab.models.lenet import LeNet
 from gialab.models.resnet import ResNet18
-from gialab.models.transformer import TransformerLM, gpt2_small_config, transformer3_config
+from gialab.models.transformer import TransformerConfig, TransformerLM, gpt2_small_config, transformer3_config
 
 MODELS: tuple[str, ...] = ("lenet", "convnet", "resnet18", "fcnet", "cnn6")  # image models
-TEXT_MODELS: dict[str, Callable[[int], nn.Module]] = {
-    "transformer3": lambda vocab: TransformerLM(transformer3_config(vocab)),
-    "gpt2-small": lambda vocab: TransformerLM(gpt2_small_config(vocab)),
+TEXT_MODELS: dict[str, Callable[[int], TransformerConfig]] = {  # name -> config for a vocabulary size
+    "transformer3": transformer3_config,
+    "gpt2-small": gpt2_small_config,
 }
 
 _BUILDERS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
@@ -65,14 +65,13 @@ def build_model(name: str, spec_shape: tuple[int, int, int], num_classes: int) -
     return _BUILDERS[name](shape, num_classes)  # type: ignore[arg-type]
 
 
-def _build_text(name: str, sequence_length: int, vocab_size: int) -> nn.Module:
-    model = TEXT_MODELS[name](vocab_size)
-    if sequence_length > model.config.max_positions:  # type: ignore[union-attr]
+def _build_text(name: str, sequence_length: int, vocab_size: int) -> TransformerLM:
+    config = TEXT_MODELS[name](vocab_size)
+    if sequence_length > config.max_positions:
         raise GialabError(
-            f"sequence_length {sequence_length} exceeds model {name!r}'s "
-            f"{model.config.max_positions} positions"  # type: ignore[union-attr]
+            f"sequence_length {sequence_length} exceeds model {name!r}'s {config.max_positions} positions"
         )
-    return model
+    return TransformerLM(config)
 
 
 def count_parameters(model: nn.Module) -> int:

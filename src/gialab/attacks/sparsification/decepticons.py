@@ -1,34 +1,41 @@
 """Decepticons: a server's corrupted transformer turns its feed-forward layers into token imprints.
 
 Paper: Fowl, Geiping, Reich, Wen, Czaja, Goldblum, Goldstein 2022, "Decepticons: Corrupted
-Transformers Breach Privacy in Federated Learning for Language Models" (ICLR 2023); survey
-section 3.1, eqs. 8-9 (the imprint biases), building on Robbing the Fed's eqs. 6-7.
+Transformers Breach Privacy in Federated Learning for Language Models" (ICLR 2023, arXiv
+2201.12675), section 3; survey section 3.1, eqs. 8-9, with the bins of Robbing the Fed
+(survey eqs. 6-7, :mod:`gialab.attacks.sparsification.imprint`).
 
 Why it works. A transformer's first feed-forward linear layer sees every token's (normalised)
-residual vector ``r``. If all its rows measure one direction ``w`` and the biases ascend, row
-``i`` fires for exactly the tokens whose measurement ``w . r`` exceeds edge ``b_i`` (survey eq. 8:
-``b_i = -Phi^-1(i / k) * sigma - mu``, the edges splitting the measurement's distribution into equal
-mass). The weight gradient of row ``i`` is then ``sum_{t: w.r_t > b_i} c_t r_t`` and its bias
-gradient ``sum c_t``, so the difference of adjacent rows divided by the difference of their bias
-gradients is one token's ``r`` whenever that token is alone between two edges (eq. 9); the
-unknown per-token factor ``c_t`` cancels. The server's other changes make ``r`` decodable:
+residual vector ``r`` on its own. If all its rows measure one direction ``w`` and the biases
+ascend, row ``j`` fires for exactly the tokens whose measurement ``w . r`` exceeds edge ``e_j``;
+the edges sit at the Gaussian quantiles ``e_j = mu + sigma * Phi^-1(j / k)`` of the measurement
+(Robbing the Fed's choice, so the ``k`` bins are about equally likely). The weight gradient of
+row ``j`` is then ``sum_{t: w.r_t > e_j} c_t r_t`` and its bias gradient ``sum c_t``, so adjacent
+rows differ by ``lambda^j u_k`` (survey eq. 8) and ``lambda^j`` (eq. 9) when only token ``k``
+lies between their edges: their ratio is that token's ``r``, and the unknown factor ``c_t``
+cancels. The server's other changes make ``r`` decodable:
 
 - Token embeddings keep only the first ``d_T`` coordinates (centred, fixed norm); learned
   position embeddings live in the next ``d_P`` coordinates, and the last ``d_G`` are left free for
   a sequence tag. Disjoint, zero-mean parts make LayerNorm a pure rescaling, so the token, its
   position and its tag can each be read by direction from one recovered ``r``.
-- The first attention layer's query is a constant (zero weights, large bias) and its key reads
-  a position component shared only by the first ``tag_tokens`` positions, so every token attends
-  uniformly to its sequence's first tokens; the value is a random projection of their token
-  embeddings, written into the tag coordinates. Tokens of one sequence thus carry one tag, which
-  k-means groups (the paper uses the first token; several avoid tags that collide when two
-  sequences start with the same word, frequent in real text).
+- The first attention layer's query is a constant (zero weights, large bias: the paper's
+  ``W_Q = 0, b_Q = gamma p_0``) and its key reads a position component shared only by the first
+  ``tag_tokens`` positions, so every token attends uniformly to its sequence's first tokens; the
+  value is a random projection of their token embeddings, written into the tag coordinates.
+  Tokens of one sequence thus carry one tag, which k-means groups. The paper tags with the
+  first token alone (``tag_tokens=1``); the default 3 avoids tags that collide when two
+  sequences start with the same word, frequent in real text.
 - All other attention outputs are zeroed and every second feed-forward layer keeps one tiny row,
   so the residual stream reaches each layer unchanged while gradients still flow to the imprints.
 
 Each layer measures its own random direction by default (``shared_measurement=false``): a token
-colliding with another in one layer is likely alone in the next, so recovery approaches
-``1 - (1 - exp(-n/k))^L`` rather than the paper's single split measurement's ``exp(-n/(L k))``.
+colliding with another in one layer is likely alone in the next, so ``n`` tokens in ``L`` layers
+of ``k`` bins are read with probability about ``1 - (1 - exp(-n/k))^L``, against
+``exp(-n/(L k))`` for the paper's one measurement split over all layers. That is better while
+``n`` stays below about ``k`` (measured on transformer3, k = 1024, L = 3: 256 tokens 0.98 vs
+0.93 token accuracy, 1024 tokens 0.79 vs 0.70) and worse beyond (2048 tokens: 0.35 vs 0.50), so
+very large batches should set ``shared_measurement=true``.
 The read-out: tokens that occur come from the rows of the embedding gradient that are non-zero
 (the paper's first step); each recovered ``r`` is matched to the vocabulary and to a position by
 cosine, positions are assigned with capacity (linear sum assignment), tags are clustered by
@@ -179,7 +186,9 @@ class Decepticons(Attack):
         decoded = _decode(vectors, self._layout, present, seq_len)
         slots = _assemble(decoded, self._layout, n_seq, seq_len, self.context.seed)
         filled = float((slots >= 0).float().mean())
-        tokens = torch.where(slots >= 0, decoded["token"][slots.clamp_min(0)], torch.tensor(-1))
+        tokens = torch.full((n_seq, seq_len), -1, dtype=torch.long)
+        if len(decoded["token"]):
+            tokens = torch.where(slots >= 0, decoded["token"][slots.clamp_min(0)], tokens)
         # Empty slots after a known one: the label that followed it, read from the head gradient.
         head_grad = update[parameter_index(model, model.head.weight)]
         for t in range(1, seq_len):
