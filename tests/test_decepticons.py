@@ -112,3 +112,13 @@ def test_secure_aggregation_does_not_help() -> None:
     assert recovered.source is None and recovered.images.shape == (8, 16)
     # measured 1.0; reading only client 0's half of the slots would cap it at 0.5
     assert token_accuracy(recovered.images, data.tokens[:8]) >= 0.9
+
+
+def test_a_model_built_for_another_tokenizer_is_refused() -> None:
+    from gialab.errors import GialabError
+    from gialab.models.transformer import TransformerConfig, TransformerLM
+
+    spec = load_text(16).spec
+    model = TransformerLM(TransformerConfig(vocab_size=50, max_positions=32, width=64, layers=1, heads=1))
+    with pytest.raises(GialabError, match=r"model vocabulary \(50 tokens\) does not match the tokenizer's \(30522"):
+        Decepticons(DecepticonsParams()).check_model(model, spec)

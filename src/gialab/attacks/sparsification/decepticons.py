@@ -190,7 +190,7 @@ class Decepticons(Attack):
         if len(decoded["token"]):
             tokens = torch.where(slots >= 0, decoded["token"][slots.clamp_min(0)], tokens)
         # Empty slots after a known one: the label that followed it, read from the head gradient.
-        head_grad = update[parameter_index(model, model.head.weight)]
+        head_grad = update[parameter_index(model, model.head.weight)].double()  # converted once, read per position
         for t in range(1, seq_len):
             gap = (slots[:, t] < 0) & (slots[:, t - 1] >= 0)
             if gap.any():
@@ -405,18 +405,20 @@ def _decode(vectors: torch.Tensor, layout: _Layout, present: torch.Tensor, seq_l
     # Undo LayerNorm's scale: the token+position part has a known norm, so the tag's scale follows.
     scale = layout.x_norm / vectors[:, : d_t + d_p].norm(dim=1)
     tag = vectors[:, d_t + d_p :] * scale[:, None]
-    # The same token is read once per layer (and sometimes twice in one): keep one copy.
+    # The same token is read once per layer (and sometimes twice in one): keep one copy. Copies
+    # share token and position, so only read-outs with the same pair are compared.
     best_pos = pos_cos.argmax(dim=1)
+    same_pair: dict[tuple[int, int], list[int]] = {}
+    for i, pair in enumerate(zip(token.tolist(), best_pos.tolist())):
+        same_pair.setdefault(pair, []).append(i)
     keep: list[int] = []
-    for i in range(len(vectors)):
-        dup = False
-        for j in keep:
-            if token[i] == token[j] and best_pos[i] == best_pos[j]:
-                if (tag[i] - tag[j]).norm() <= 1e-2 * tag[j].norm().clamp_min(1e-12):
-                    dup = True
-                    break
-        if not dup:
-            keep.append(i)
+    for members in same_pair.values():
+        kept: list[int] = []
+        for i in members:
+            if all((tag[i] - tag[j]).norm() > 1e-2 * tag[j].norm().clamp_min(1e-12) for j in kept):
+                kept.append(i)
+        keep.extend(kept)
+    keep.sort()
     idx = torch.tensor(keep, dtype=torch.long)
     return {"token": token[idx], "pos_cos": pos_cos[idx], "tag": tag[idx], "vector": vectors[idx]}
 
