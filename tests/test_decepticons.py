@@ -122,3 +122,14 @@ def test_a_model_built_for_another_tokenizer_is_refused() -> None:
     model = TransformerLM(TransformerConfig(vocab_size=50, max_positions=32, width=64, layers=1, heads=1))
     with pytest.raises(GialabError, match=r"model vocabulary \(50 tokens\) does not match the tokenizer's \(30522"):
         Decepticons(DecepticonsParams()).check_model(model, spec)
+
+
+def test_the_projected_distance_prefilter_is_exact() -> None:
+    from gialab.attacks.sparsification.decepticons import _within
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(300, 768, generator=g, dtype=torch.float64)
+    b = torch.cat([a[:100] + 1e-2 * torch.randn(100, 768, generator=g, dtype=torch.float64),
+                   torch.randn(200, 768, generator=g, dtype=torch.float64)])
+    for radius in (0.5, 1.4, 38.0, 39.0, 40.0):  # below, at and around the distance of unrelated rows
+        assert torch.equal(_within(a, b, radius), torch.cdist(a, b) < radius)
