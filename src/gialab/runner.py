@@ -5,6 +5,12 @@ scenario -> data, model, clients -> protocol rounds -> threat gate (Observation)
 
 Everything that can be refused (names, capabilities, sizes, the output folder, the model the
 attack must handle) is checked before the first round, so a user mistake costs seconds.
+
+Text runs take the same path with three substitutions: clients hold token ids where images
+would be (their own ids are the targets, shifted, of a causal language model's ``lm_loss``);
+text attacks return token ids ``(N, sequence_length)`` in ``Reconstruction.images``; and
+``score_text`` (token accuracy, BLEU, ROUGE, semantic similarity) replaces the image scores,
+with true and recovered text side by side in the report instead of an image grid.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from gialab.attacks.taxonomy import RECORDS
 from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset
+from gialab.data.text import TEXT_DATASETS, TextDataset, decode, token_pieces
 from gialab.defenses import resolve_defenses
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.metrics import score
 from gialab.metrics.lpips import load_lpips
+from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
+from gialab.models.transformer import check_vocabulary, lm_loss
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
 )
@@ -91,7 +100,10 @@ def _build_attack(scenario: Scenario, progress: Progress) -> Attack:
     return cls(params, context)
 
 
-def _clients(scenario: Scenario, data: ImageDataset) -> list[Client]:
+def _clients(scenario: Scenario, data: ImageDataset | TextDataset) -> list[Client]:
+    """Each client's examples; a text client's targets are its own token ids (``lm_loss`` shifts them)."""
+    text = isinstance(data, TextDataset)
+    inputs, targets = (data.tokens, data.tokens) if text else (data.images, data.labels)
     rng = np.random.default_rng(scenario.seed)
     per_client = scenario.local_examples
     if scenario.batch_size > per_client:
@@ -101,12 +113,22 @@ def _clients(scenario: Scenario, data: ImageDataset) -> list[Client]:
         )
     if scenario.partition == "iid":
         parts = partition_iid(len(data), scenario.clients, per_client, rng)
+    elif text:
+        raise GialabError("text data has no class labels to skew; use partition=iid")
     else:
         parts = partition_dirichlet(data.labels.numpy(), scenario.clients, per_client, scenario.dirichlet_alpha, rng)
     return [
-        Client(cid, data.images[torch.as_tensor(idx)], data.labels[torch.as_tensor(idx)])
+        Client(cid, inputs[torch.as_tensor(idx)], targets[torch.as_tensor(idx)])
         for cid, idx in enumerate(parts)
     ]
+
+
+def _check_modality(attack: Attack, dataset: str) -> None:
+    """Refuse an image attack on text or a text attack on images, from the names alone."""
+    text_attack = RECORDS[attack.name].target_data.startswith("text")
+    if text_attack != (dataset in TEXT_DATASETS):
+        wanted = f"text (dataset: {', '.join(TEXT_DATASETS)})" if text_attack else "images"
+        raise GialabError(f"attack {attack.name!r} reconstructs {wanted}; dataset {dataset!r} does not hold them")
 
 
 def _attacked_round(
@@ -166,6 +188,7 @@ def run(
     context = f"threat model {threat.name}" + (
         f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
+    _check_modality(attack, scen.dataset)
     attack.check_update_kind(scen.fl.update_kind)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
@@ -174,15 +197,19 @@ def run(
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
-    data = load_dataset(scen.dataset, path=scen.data_path, seed=scen.seed)
+    data = load_dataset(scen.dataset, path=scen.data_path, seed=scen.seed, sequence_length=scen.sequence_length)
+    text = isinstance(data, TextDataset)
     model = build_model(scen.model, data.spec.shape, data.spec.num_classes)
     if scen.weights is not None:
+        if text:
+            check_vocabulary(scen.weights, data.spec.num_classes)
         load_weights(model, scen.weights)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
     protocol = Protocol(
         model, clients, scen.fl, batch_size=scen.batch_size,
         transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
+        **({"loss_fn": lm_loss} if text else {}),
     )
     observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat)
 
@@ -192,12 +219,16 @@ def run(
 
     # Metrics: the only place where ground truth meets the reconstruction.
     sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.participants)
-    true_images = torch.cat([truth.batches[c].images for c in sources])
-    true_labels = torch.cat([truth.batches[c].labels for c in sources])
-    scores = score(
-        reconstruction.images, true_images, recon_labels=reconstruction.labels, true_labels=true_labels,
-        reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr, lpips_weights=scen.lpips_weights,
-    )
+    true_images = torch.cat([truth.batches[c].images for c in sources])  # token ids for text
+    if text:
+        scores = score_text(reconstruction.images, true_images, decode=decode, pieces=token_pieces)
+    else:
+        true_labels = torch.cat([truth.batches[c].labels for c in sources])
+        scores = score(
+            reconstruction.images, true_images, recon_labels=reconstruction.labels, true_labels=true_labels,
+            reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr,
+            lpips_weights=scen.lpips_weights,
+        )
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0
@@ -226,8 +257,11 @@ def run(
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (folder / "metrics.json").write_text(_json(full))
-        save_grid(true_images, matched, folder / "grid.png")
-        write_run_report(folder, full, record.__dict__, folder / "grid.png")
+        if text:
+            write_run_report(folder, full, record.__dict__, None, text_samples=scores.per_sample)
+        else:
+            save_grid(true_images, matched, folder / "grid.png")
+            write_run_report(folder, full, record.__dict__, folder / "grid.png")
         torch.save({"images": reconstruction.images, "labels": reconstruction.labels}, folder / "reconstruction.pt")
     try:
         insert_run(database_path(out_dir), {

@@ -63,6 +63,7 @@ class Scenario(BaseModel):
     data_path: Path | None = Field(None, description="folder for cifar10, cifar100 and image-folder")
     model: str = "lenet"
     weights: Path | None = Field(None, description="state dict loaded with torch.load(weights_only=True)")
+    sequence_length: PositiveInt | None = Field(None, description="tokens per sequence, text datasets only (default 32)")
     batch_size: PositiveInt = Field(1, description="examples each client trains on in a round")
     examples_per_client: PositiveInt | None = Field(None, description="local data size; default batch_size")
     clients: PositiveInt = 1

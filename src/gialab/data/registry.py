@@ -1,8 +1,10 @@
 """Dataset names as used in configs and on the command line, mapped to their loaders.
 
 Built-in sets ship with scikit-image / scikit-learn and need nothing else; the path-based ones
-read the user's own files. ``data_path`` is rejected for built-ins rather than ignored, because
-a path that silently does nothing usually means the user picked the wrong dataset name.
+read the user's own files. ``DATASETS`` names the image sets; ``TEXT_DATASETS`` (``pydoc``,
+:mod:`gialab.data.text`) hold token sequences for language-model attacks. ``data_path`` is
+rejected for built-ins rather than ignored, because a path that silently does nothing usually
+means the user picked the wrong dataset name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from gialab.data.digits import load_digits_dataset
 from gialab.data.faces import load_faces
 from gialab.data.image_folder import load_image_folder
 from gialab.data.natural import load_natural
+from gialab.data.text import DEFAULT_SEQUENCE_LENGTH, TEXT_DATASETS, TextDataset, load_text
 from gialab.errors import GialabError, unknown_name
 
 BUILTIN_DATASETS = ("natural", "faces", "digits")
@@ -22,13 +25,24 @@ PATH_DATASETS = ("cifar10", "cifar100", "image-folder")
 DATASETS = BUILTIN_DATASETS + PATH_DATASETS
 
 
-def load_dataset(name: str, *, path: Path | None = None, seed: int = 0) -> ImageDataset:
-    """Load a dataset by name; ``seed`` only affects ``natural`` (the others are fixed sets).
+def load_dataset(
+    name: str, *, path: Path | None = None, seed: int = 0, sequence_length: int | None = None
+) -> ImageDataset | TextDataset:
+    """Load a dataset by name; ``seed`` affects ``natural`` and the order of text sequences.
 
     CIFAR loads the training split; call :func:`gialab.data.cifar.load_cifar` for the test split.
+    ``sequence_length`` (tokens per sequence) applies to text datasets only.
     """
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+    if name not in DATASETS + TEXT_DATASETS:
+        raise unknown_name("dataset", name, DATASETS + TEXT_DATASETS)
+    if name in TEXT_DATASETS:
+        if path is not None:
+            raise GialabError(f"dataset {name!r} is built in and takes no data_path")
+        return load_text(sequence_length or DEFAULT_SEQUENCE_LENGTH, seed=seed)
+    if sequence_length is not None:
+        raise GialabError(
+            f"sequence_length applies to text datasets ({', '.join(TEXT_DATASETS)}); dataset {name!r} holds images"
+        )
     if name in BUILTIN_DATASETS:
         if path is not None:
             raise GialabError(

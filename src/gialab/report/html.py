@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}img{image-rendering:pixelated;max-width:100%}code,pre{background:#f6f6f6}
 .muted{color:#777}
+.text td{font-family:ui-monospace,monospace;font-size:90%;vertical-align:top}
+.wrong{background:#fbd0d0;text-decoration:underline wavy #c00}
 """
 
 
@@ -35,16 +41,55 @@ def _table(rows: Mapping[str, Any]) -> str:
     return f"<table>{body}</table>"
 
 
-def write_run_report(folder: Path, summary: Mapping[str, Any], record: Mapping[str, Any], grid: Path) -> Path:
-    """report.html: the grid (truth above, reconstruction below), metrics, taxonomy, config."""
+def _tokens(pieces: Sequence[str], wrong: Sequence[bool]) -> str:
+    return " ".join(f'<span class="wrong">{html.escape(p)}</span>' if bad else html.escape(p)
+                    for p, bad in zip(pieces, wrong, strict=True))
+
+
+def _token_map(samples: Sequence[Mapping[str, Any]], scale: int = 6) -> str:
+    """A PNG (as a data URI) with one row per true sequence: green tokens recovered, red wrong."""
+    wrong = np.array([s["wrong"] for s in samples], dtype=bool)
+    colours = np.where(wrong[..., None], (214, 39, 40), (44, 160, 44)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(colours.repeat(scale, 0).repeat(scale, 1)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _text_table(samples: Sequence[Mapping[str, Any]]) -> str:
+    """True and recovered sequences side by side (WordPiece tokens); wrong recovered tokens marked."""
+    rows = "".join(
+        f"<tr><td>{s['truth_index']}</td><td>{_fmt(s['token_accuracy'])}</td>"
+        f"<td>{html.escape(' '.join(s['true_tokens']))}</td>"
+        f"<td>{_tokens(s['recovered_tokens'], s['wrong']) if s['recovered_tokens'] else '(unmatched)'}</td></tr>"
+        for s in samples
+    )
+    return (f'<img alt="token map" src="{_token_map(samples)}"> <span class="muted">one row per sequence: '
+            'green = token recovered at its place, red = wrong</span>'
+            '<table class="text"><tr><th>#</th><th>token accuracy</th><th>true tokens</th>'
+            f'<th>recovered tokens (<span class="wrong">wrong</span>)</th></tr>{rows}</table>')
+
+
+def write_run_report(
+    folder: Path, summary: Mapping[str, Any], record: Mapping[str, Any], grid: Path | None,
+    text_samples: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
+    """report.html: the grid (truth above, reconstruction below), or for text runs (``text_samples``,
+    per-sample text scores) the true and recovered sequences side by side; metrics, taxonomy, config."""
     title = f"{summary['attack']} on {summary['scenario']}"
+    if text_samples is not None:
+        shown = "<h2>True and recovered text</h2>" + _text_table(text_samples)
+    elif grid is not None:
+        shown = f'<h2>Truth (top) and reconstruction (bottom)</h2><img alt="reconstruction grid" src="{_embed_png(grid)}">'
+    else:
+        raise ValueError("write_run_report needs an image grid or text samples")
+
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(str(record.get('title', '')))}: {html.escape(str(record.get('paper', '')))}.
 Threat model <b>{html.escape(summary['threat_model'])}</b>, reconstruction family
 <b>{html.escape(str(record.get('family', '')))}</b>.</p>
-<h2>Truth (top) and reconstruction (bottom)</h2><img alt="reconstruction grid" src="{_embed_png(grid)}">
+{shown}
 <h2>Metrics</h2>{_table(summary['metrics'])}
 <h2>Attack details</h2>{_table(summary.get('attack_details', {}))}
 <h2>FL setup</h2>{_table(summary['fl_setup'])}
@@ -67,10 +112,11 @@ def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys:
         link = html.escape(os.path.relpath(run_dir / "report.html", path.parent.resolve()))
         cells = "".join(f"<td>{_fmt(run['metrics'].get(k))}</td>" for k in keys)
         grid = run_dir / "grid.png"
+        shown = (f"<img alt=\"grid\" src=\"{_embed_png(grid)}\" style=\"max-height:120px\">" if grid.exists()
+                 else f"text run: token accuracy {_fmt(run['metrics'].get('token_accuracy'))}")
         rows.append(
             f"<tr><td><a href=\"{link}\">{html.escape(run['attack'])}</a></td>"
-            f"<td>{html.escape(run['threat_model'])}</td>{cells}"
-            f"<td><img alt=\"grid\" src=\"{_embed_png(grid)}\" style=\"max-height:120px\"></td></tr>"
+            f"<td>{html.escape(run['threat_model'])}</td>{cells}<td>{shown}</td></tr>"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>
