@@ -122,8 +122,9 @@ def demo_command(
                                   progress_for=factory)
     for r in results:
         m = r.metrics
-        out.print(f"{r.summary['attack']:20s} psnr_mean={m['psnr_mean']:.2f} dB  "
-                  f"fraction_recovered={m['fraction_recovered']:.2f}  {r.run_dir}")
+        headline = (f"token_accuracy={m['token_accuracy']:.2f}" if "token_accuracy" in m  # text runs
+                    else f"psnr_mean={m['psnr_mean']:.2f} dB  fraction_recovered={m['fraction_recovered']:.2f}")
+        out.print(f"{r.summary['attack']:20s} {headline}  {r.run_dir}")
     out.print(f"demo page: {index.resolve()}")
 
 
