@@ -58,7 +58,9 @@ class Bulyan:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         f = self.params.byzantine
         require_clients(self.name, len(updates), f, "n >= 4f + 3", lambda n, f: n >= 4 * f + 3, 4 * f + 3)
         return unflatten(bulyan(stack_updates(updates), f), updates[0])

@@ -47,7 +47,9 @@ class Median:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         f = self.params.byzantine
         require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
         return unflatten(coordinate_median(stack_updates(updates)), updates[0])
@@ -64,7 +66,9 @@ class TrimmedMean:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         f = self.params.byzantine
         require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
         return unflatten(trimmed_mean(stack_updates(updates), f), updates[0])

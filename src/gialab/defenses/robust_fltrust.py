@@ -62,7 +62,9 @@ class FLTrust:
         self.params = params
         self.root_update = root_update
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         if self.root_update is not None:
             clients = list(updates)
             root = torch.cat([t.reshape(-1) for t in self.root_update(updates)])

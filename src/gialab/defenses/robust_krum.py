@@ -62,7 +62,9 @@ class Krum:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         f = self.params.byzantine
         require_clients(self.name, len(updates), f, "n > 2f + 2", _krum_condition, 2 * f + 3)
         rows = stack_updates(updates)
@@ -84,7 +86,9 @@ class MultiKrum:
     def __init__(self, params: MultiKrumParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         f, n = self.params.byzantine, len(updates)
         require_clients(self.name, n, f, "n > 2f + 2", _krum_condition, 2 * f + 3)
         m = self.params.select if self.params.select is not None else n - f

@@ -42,5 +42,7 @@ class NormBound:
     def __init__(self, params: NormBoundParams) -> None:
         self.params = params
 
-    def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         return unflatten(clip_rows(stack_updates(updates), self.params.bound).mean(dim=0), updates[0])
