@@ -78,9 +78,20 @@ def test_qsgd_is_unbiased_and_lands_on_its_level_grid() -> None:
     assert ((grid - (x.abs() / norm * levels * torch.sign(x))).abs() < 1 + 1e-4).all()
 
 
+def test_qsgd_buckets_have_their_own_norms_and_stay_unbiased() -> None:
+    x = torch.tensor([3.0, -4.0, 0.01, 0.02, 100.0])  # buckets of 2: [3, -4], [0.01, 0.02], [100]
+    g = _seeded(4)
+    draws = torch.stack([qsgd_quantize(x, 2, g, bucket=2) for _ in range(4000)])
+    for part, scale in ((slice(0, 2), 5.0), (slice(2, 4), float(x[2:4].norm())), (slice(4, 5), 100.0)):
+        grid = draws[:, part] / scale * 2
+        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 2 + 1e-4
+    assert torch.equal(draws[:, 4], torch.full((4000,), 100.0))  # alone in its bucket: exact
+    assert ((draws.mean(0) - x).abs() / x.abs() < 0.05).all()  # the small bucket is not drowned by 100
+
+
 def test_qsgd_repeats_with_the_seed() -> None:
     x = torch.randn(50, generator=_seeded(0))
-    qsgd = build_defense("qsgd", {"levels": 2})
+    qsgd = build_defense("qsgd", {"levels": 2, "bucket": 16})
     assert torch.equal(qsgd(_update(x), _seeded(5)).tensors[0], qsgd(_update(x), _seeded(5)).tensors[0])
     assert not torch.equal(qsgd(_update(x), _seeded(5)).tensors[0], qsgd(_update(x), _seeded(6)).tensors[0])
     assert torch.equal(qsgd(_update(torch.zeros(4)), _seeded(0)).tensors[0], torch.zeros(4))

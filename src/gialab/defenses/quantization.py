@@ -11,8 +11,12 @@ tensor; entries that are exactly zero stay zero (torch's sign).
 sent as ||v||_2 * sign(v_i) * l/s, where l is floor(s |v_i| / ||v||_2) or that plus one, rounded
 up with probability equal to the remainder. That rounding makes the quantized tensor an unbiased
 estimate of v (E[Q(v)] = v), which is why QSGD keeps SGD's convergence guarantees; its random
-draws come from the protocol's seeded generator. The norm is taken per tensor (QSGD's "bucket"
-is the whole tensor), so a tensor costs one float plus about log2(s) + 1 bits per entry.
+draws come from the protocol's seeded generator. As in the paper, each tensor is cut into buckets
+of ``bucket`` consecutive entries (default 512), each with its own
+norm: with one norm over millions of entries (a first layer), |v_i| / ||v|| is tiny for almost
+every entry, so nearly all round to level 0 or 1 and the variance grows like sqrt(d) / s.
+``bucket: 0`` takes the whole tensor as one bucket. The cost is one float per bucket plus about
+log2(s) + 1 bits per entry.
 """
 
 from __future__ import annotations
@@ -32,16 +36,24 @@ def sign_compress(tensor: torch.Tensor, *, scaled: bool) -> torch.Tensor:
     return signs * tensor.abs().mean() if scaled else signs
 
 
-def qsgd_quantize(tensor: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:
-    """QSGD's stochastic quantization of ``tensor`` to ``levels`` levels of its l2 norm; unbiased."""
-    norm = tensor.norm()
-    if norm == 0:
-        return torch.zeros_like(tensor)
-    scaled = tensor.abs() / norm * levels  # in [0, s]
+def qsgd_quantize(tensor: torch.Tensor, levels: int, generator: torch.Generator, bucket: int = 0) -> torch.Tensor:
+    """QSGD's stochastic quantization of ``tensor`` to ``levels`` levels of each bucket's l2 norm.
+
+    Buckets are ``bucket`` consecutive entries of the flattened tensor (0: the whole tensor).
+    Unbiased: the expectation over the generator's draws is ``tensor``.
+    """
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return tensor.clone()
+    size = bucket if 0 < bucket < flat.numel() else flat.numel()
+    padded = torch.cat([flat, flat.new_zeros(-flat.numel() % size)]).reshape(-1, size)
+    norms = padded.norm(dim=1, keepdim=True)
+    scaled = padded.abs() / norms.clamp_min(torch.finfo(padded.dtype).tiny) * levels  # in [0, s]
     lower = scaled.floor()
-    draw = torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype).to(tensor.device)
-    level = lower + (draw < scaled - lower).to(tensor.dtype)
-    return torch.sign(tensor) * level * (norm / levels)
+    draw = torch.rand(padded.shape, generator=generator, dtype=padded.dtype).to(padded.device)
+    level = lower + (draw < scaled - lower).to(padded.dtype)
+    quantized = torch.sign(padded) * level * (norms / levels)
+    return quantized.reshape(-1)[: flat.numel()].reshape(tensor.shape)
 
 
 class SignParams(DefenseParams):
@@ -65,11 +77,12 @@ class Sign:
 
 class QSGDParams(DefenseParams):
     levels: int = Field(4, ge=1, description="quantization levels s per sign (about log2(s) + 1 bits per entry)")
+    bucket: int = Field(512, ge=0, description="entries sharing one norm; 0 quantizes each tensor as one bucket")
 
 
 @register_defense
 class QSGD:
-    """QSGD: unbiased stochastic quantization of each tensor to ``levels`` levels of its norm."""
+    """QSGD: unbiased stochastic quantization to ``levels`` levels of each bucket's norm."""
 
     name = "qsgd"
     Params = QSGDParams
@@ -78,5 +91,5 @@ class QSGD:
         self.params = params
 
     def __call__(self, update: ClientUpdate, generator: torch.Generator) -> ClientUpdate:
-        tensors = tuple(qsgd_quantize(t, self.params.levels, generator) for t in update.tensors)
+        tensors = tuple(qsgd_quantize(t, self.params.levels, generator, self.params.bucket) for t in update.tensors)
         return dataclasses.replace(update, tensors=tensors)
