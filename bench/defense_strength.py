@@ -1,12 +1,12 @@
 """How much each compression setting weakens an honest-but-curious attack (issue 5, point 8's attack side).
 
-Sweeps top-k ratio, QSGD levels, DLG's pruning share and sign compression against one preset and
+Sweeps top-k and random-k ratios, QSGD levels, DLG's pruning share and sign compression against one preset and
 prints one Markdown table row per setting: PSNR median and range, and the fraction of images
 recovered (PSNR >= the scenario's threshold), over seeds. Accuracy of FL training under the same
 settings is not measured here.
 
 Usage: .venv/bin/python bench/defense_strength.py [--preset fc-leakage] [--seeds 3] [--set key=value ...]
-       [--only topk,qsgd,prune,sign]
+       [--only none,topk,qsgd,randomk,prune,sign]
 Run folders go to a temporary directory.
 """
 
@@ -27,6 +27,7 @@ SWEEPS: dict[str, list[dict[str, Any] | None]] = {
     "none": [None],
     "topk": [{"name": "topk", "ratio": r} for r in (0.5, 0.2, 0.1, 0.05, 0.01, 0.001)],
     "qsgd": [{"name": "qsgd", "levels": s} for s in (256, 16, 4, 1)] + [{"name": "qsgd", "levels": 256, "bucket": 0}],
+    "randomk": [{"name": "randomk", "ratio": r} for r in (0.5, 0.1, 0.01)],
     "prune": [{"name": "prune", "share": p} for p in (0.1, 0.2, 0.3, 0.5, 0.9)],
     "sign": [{"name": "sign", "scaled": True}],
 }
