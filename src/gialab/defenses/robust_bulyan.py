@@ -7,7 +7,7 @@ first selects theta = n - 2f updates by applying Krum repeatedly (each pick leav
 set), then, coordinate by coordinate, averages the beta = theta - 2f selected values closest to
 their median. It needs n >= 4f + 3. In the last selection steps the candidate set is smaller
 than Krum's own n > 2f + 2, so the Krum score there uses at least one neighbour
-(``robust_krum.krum_scores``), a detail the paper leaves open.
+(``robust_krum.krum_scores_from_distances``); the distances are computed once per round, a detail the paper leaves open.
 """
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ import torch
 
 from gialab.defenses.registry import register_defense
 from gialab.defenses.robust_coordinate import coordinate_median
-from gialab.defenses.robust_krum import krum_select
+from gialab.defenses.robust_krum import krum_scores_from_distances, squared_distances
 from gialab.defenses.robust_rule import ByzantineParams, require_clients, stack_updates, unflatten
 from gialab.fl.client import ClientUpdate
 
 
 def bulyan_selection(rows: torch.Tensor, byzantine: int) -> list[int]:
     """Indices of the theta = n - 2f rows picked by repeated Krum, in the order picked."""
+    distances = squared_distances(rows)
     remaining = list(range(rows.shape[0]))
     chosen: list[int] = []
     for _ in range(rows.shape[0] - 2 * byzantine):
-        pick = remaining[krum_select(rows[remaining], byzantine)]
+        index = torch.tensor(remaining)
+        scores = krum_scores_from_distances(distances[index][:, index], byzantine)
+        pick = remaining[int(scores.argmin())]
         chosen.append(pick)
         remaining.remove(pick)
     return chosen

@@ -28,17 +28,22 @@ def squared_distances(rows: torch.Tensor) -> torch.Tensor:
 
 
 def krum_scores(rows: torch.Tensor, byzantine: int) -> torch.Tensor:
-    """Each row's Krum score: the sum of squared distances to its n - f - 2 nearest other rows.
+    """Each row's Krum score: the sum of squared distances to its n - f - 2 nearest other rows."""
+    return krum_scores_from_distances(squared_distances(rows), byzantine)
+
+
+def krum_scores_from_distances(distances: torch.Tensor, byzantine: int) -> torch.Tensor:
+    """Krum scores from an (n, n) squared-distance matrix (Bulyan reuses one matrix for every pick).
 
     At least one neighbour is used, so the score stays informative on the small sets Bulyan
     hands it in its last selection steps.
     """
-    n = rows.shape[0]
-    distances = squared_distances(rows)
+    n = distances.shape[0]
+    distances = distances.clone()
     distances.fill_diagonal_(float("inf"))
     neighbours = min(max(n - byzantine - 2, 1), n - 1)
     if neighbours < 1:
-        return torch.zeros(n, dtype=rows.dtype, device=rows.device)
+        return torch.zeros(n, dtype=distances.dtype, device=distances.device)
     return distances.topk(neighbours, dim=1, largest=False).values.sum(dim=1)
 
 
