@@ -1,7 +1,8 @@
 """Gradient pruning, the defense DLG evaluated (Zhu et al., "Deep Leakage from Gradients", 2019).
 
-DLG's section 6 prunes the smallest-magnitude gradient entries before sharing and finds that its
-attack survives up to about 20% pruning and fails from roughly 30% on. The parameter here is the
+DLG's defense section prunes the smallest-magnitude gradient entries before sharing and reports
+that its attack stops recovering recognizable images once more than about 20% are pruned, the
+most effective of the defenses it tried. The parameter here is the
 pruned share ``p`` as in that paper (top-k is parameterized by the kept share instead), applied
 per tensor as in DLG's layer-wise thresholding: exactly floor(p * numel) entries of each tensor
 become zero, the smallest in magnitude.
