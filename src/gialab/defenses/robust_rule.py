@@ -1,0 +1,54 @@
+"""What every Byzantine-robust aggregation rule shares: updates as rows, and the Byzantine budget.
+
+Robust rules (Krum, median, trimmed mean, Bulyan, FLTrust, norm bounding) compare whole updates
+or single coordinates across clients, so each round's updates become the rows of one (n, d)
+matrix and the result is cut back into tensors aligned with the model's parameters.
+
+They are **unweighted over clients**: a client's example count is self-reported, and a Byzantine
+client that claimed a huge count would get back the influence the rule is there to bound. This
+follows the papers, which all aggregate over clients.
+
+Each rule tolerates at most a known number f of Byzantine clients out of the n in a round (Krum
+needs n > 2f + 2, ...). ``n`` is only known when the round's updates arrive, so the check runs at
+aggregation time and fails with one line naming n, f and the rule's condition. These rules
+reveal every individual update to the server: they defend the model against clients, not the
+clients against a curious server (survey section 2.2), so ``reveals_individual`` stays True.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from pydantic import Field
+
+from gialab.defenses.registry import DefenseParams
+from gialab.errors import GialabError
+from gialab.fl.client import ClientUpdate
+
+
+class ByzantineParams(DefenseParams):
+    byzantine: int = Field(1, ge=0, description="number f of Byzantine clients per round the rule must tolerate")
+
+
+def stack_updates(updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """The round's updates as an (n, d) matrix, one flattened update per row."""
+    if not updates:
+        raise GialabError("a robust aggregation rule needs at least one update in the round")
+    return torch.stack([torch.cat([t.reshape(-1) for t in u.tensors]) for u in updates])
+
+
+def unflatten(vector: torch.Tensor, like: ClientUpdate) -> tuple[torch.Tensor, ...]:
+    """Cut a flat vector back into tensors shaped like ``like``'s (aligned with the model)."""
+    parts = vector.split([t.numel() for t in like.tensors])
+    return tuple(p.reshape(t.shape) for p, t in zip(parts, like.tensors, strict=True))
+
+
+def require_clients(rule: str, n: int, f: int, condition: str, holds: Callable[[int, int], bool],
+                    smallest_n: int) -> None:
+    """Refuse a round of ``n`` updates that ``rule`` cannot aggregate with ``f`` Byzantine clients."""
+    if not holds(n, f):
+        raise GialabError(
+            f"{rule} with byzantine f={f} needs {condition}, but the round has n={n} client updates; "
+            f"use at least {smallest_n} clients per round or a smaller byzantine"
+        )
