@@ -72,7 +72,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from gialab.attacks.base import Attack, AttackParams, Reconstruction
+from gialab.attacks.base import Attack, AttackContext, AttackParams, Reconstruction
 from gialab.attacks.registry import get_attack, register
 from gialab.attacks.sparsification.fishing_search import CutoffSearch, estimate_total
 from gialab.data.dataset import DataSpec
@@ -190,7 +190,7 @@ class Fishing(Attack):
     demo_overrides = {"iterations": 100}
     smoke_overrides = {"iterations": 2}
 
-    def __init__(self, params: AttackParams, context=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         super().__init__(params, context)
         self._layer: str | None = None
         self._base: nn.Module | None = None
