@@ -193,6 +193,9 @@ def test_fishing_end_to_end(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> N
     s = target // 8 * 8
     own = _own_gradient(model, truth[s : s + 8], target - s, iso.target_class)
     assert _cosine(gradient, own) > 1 - 1e-6
+    # The run reports the same from the truth side, against the sample's gradient computed alone.
+    assert result.metrics["isolation_cosine"] > 1 - 1e-6
+    assert result.metrics["isolation_index"] == target
 
 
 def test_target_class_out_of_range_exits_2(cli, out_dir: Path) -> None:  # type: ignore[no-untyped-def]

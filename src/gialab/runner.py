@@ -39,6 +39,7 @@ from gialab.defenses import resolve_defenses
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.metrics import score
+from gialab.metrics.isolation import isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
@@ -229,6 +230,8 @@ def run(
             reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr,
             lpips_weights=scen.lpips_weights,
         )
+    if reconstruction.isolated is not None:
+        scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

@@ -44,6 +44,16 @@ class AttackContext:
 
 
 @dataclass(frozen=True)
+class IsolatedGradient:
+    """A gradient an isolation attack claims is one sample's own, with the model and label it
+    belongs to, so the truth side can measure how well it was isolated (``isolation_cosine``)."""
+
+    gradient: tuple[torch.Tensor, ...]
+    model: nn.Module
+    label: int
+
+
+@dataclass(frozen=True)
 class Reconstruction:
     """Recovered images in [0, 1] and, where the attack infers them, labels.
 
@@ -58,6 +68,7 @@ class Reconstruction:
     source: int | None
     reference: torch.Tensor | None = None
     details: dict[str, float] = field(default_factory=dict)
+    isolated: IsolatedGradient | None = None
 
 
 class Attack(ABC):

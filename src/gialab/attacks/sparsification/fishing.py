@@ -72,7 +72,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from gialab.attacks.base import Attack, AttackContext, AttackParams, Reconstruction
+from gialab.attacks.base import Attack, AttackContext, AttackParams, IsolatedGradient, Reconstruction
 from gialab.attacks.registry import get_attack, register
 from gialab.attacks.sparsification.fishing_search import CutoffSearch, estimate_total
 from gialab.data.dataset import DataSpec
@@ -394,8 +394,9 @@ class Fishing(Attack):
         # Feature fishing's difference of queries is blind to labels: the bin's sample may be of any
         # class, so only class fishing claims one (label c was merely what the inversion matched with).
         labels = inverted.labels if iso.route == "class" else None
+        isolated = IsolatedGradient(gradient, model, iso.target_class) if iso.count == 1 else None
         return Reconstruction(images=inverted.images, labels=labels, source=None,
-                              reference=inverted.reference, details=details)
+                              reference=inverted.reference, details=details, isolated=isolated)
 
     def inversion_problem(self, iso: Isolation) -> tuple[nn.Module, tuple[Tensor, ...]]:
         """The model and gradient handed to Inverting Gradients (see the module docstring), with
