@@ -39,6 +39,8 @@ class RingEncoding:
 
     def reduce(self, values: np.ndarray) -> np.ndarray:
         """``values mod 2^k`` (uint64 arithmetic already wraps mod 2^64, a multiple of 2^k)."""
+        if self.ring_bits == 64:
+            return values
         return np.bitwise_and(values, self.mask)
 
     def max_integer(self, clients: int) -> int:
@@ -49,30 +51,29 @@ class RingEncoding:
         """The largest |float| one of ``clients`` may encode (``max_integer`` in fixed point)."""
         return self.max_integer(clients) / 2.0**self.frac_bits
 
-    def encode(self, values: np.ndarray, clients: int, what: str = "value") -> np.ndarray:
-        """Round ``values * 2^f`` and map to the ring; refuses what could overflow the sum of ``clients``."""
-        scaled = np.rint(np.asarray(values, dtype=np.float64) * 2.0**self.frac_bits)
+    def encode(self, values: np.ndarray, clients: int, what: str = "value", weight: float = 1.0) -> np.ndarray:
+        """Round ``weight * values * 2^f`` into the ring; refuses what could overflow the sum of ``clients``."""
+        scaled = np.multiply(values, weight * 2.0**self.frac_bits, dtype=np.float64)
+        np.rint(scaled, out=scaled)
         return self._to_ring(scaled, clients, what, unit=2.0**self.frac_bits)
 
     def encode_integers(self, values: np.ndarray, clients: int, what: str = "count") -> np.ndarray:
         """Exact integers (example counts) in the ring, under the same no-overflow bound."""
-        return self._to_ring(np.asarray(values, dtype=np.float64), clients, what, unit=1.0)
+        return self._to_ring(np.array(values, dtype=np.float64), clients, what, unit=1.0)
 
     def _to_ring(self, scaled: np.ndarray, clients: int, what: str, unit: float) -> np.ndarray:
-        """Integers (already rounded) to ring elements; ``unit`` converts them back for the error message."""
+        """Rounded floats to ring elements, in place; ``unit`` converts them back for the error message."""
         limit = float(self.max_integer(clients))
         if int(limit) > self.max_integer(clients):  # float rounding went up; stay inside int64
             limit = float(np.nextafter(limit, 0.0))
-        finite = np.isfinite(scaled)
-        if not finite.all():
+        low, high = (float(scaled.min()), float(scaled.max())) if scaled.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high)):  # min/max propagate NaN and Inf
             raise GialabError(f"{what} contains NaN or Inf; secure aggregation can only sum finite values")
-        too_big = np.abs(scaled) > limit
-        if too_big.any():
-            worst = float(np.abs(scaled).max()) / unit
+        if max(-low, high) > limit:
             raise GialabError(
-                f"{what} reaches |{worst:.3g}| but a {self.ring_bits}-bit ring with frac_bits={self.frac_bits} "
-                f"holds at most {self.max_integer(clients) / unit:.3g} per client for {clients} clients; "
-                "raise ring_bits or lower frac_bits"
+                f"{what} reaches |{max(-low, high) / unit:.3g}| but a {self.ring_bits}-bit ring with "
+                f"frac_bits={self.frac_bits} holds at most {self.max_integer(clients) / unit:.3g} per client for "
+                f"{clients} clients; raise ring_bits or lower frac_bits"
             )
         return self.reduce(scaled.astype(np.int64).view(np.uint64))
 

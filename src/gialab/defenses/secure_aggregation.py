@@ -76,8 +76,7 @@ def secure_sum(
     length = (int(np.asarray(vectors[0]).size) if n else 0) + 1  # the update, then the example count
     clients = []
     for i, (vector, count) in enumerate(zip(vectors, counts, strict=True)):
-        weighted = encoding.encode(np.asarray(vector, dtype=np.float64) * count, n,
-                                   f"client {i}'s example-weighted update")
+        weighted = encoding.encode(vector, n, f"client {i}'s example-weighted update", weight=count)
         ring = np.concatenate([weighted, encoding.encode_integers(np.array([count]), n, f"client {i}'s example count")])
         randomness = SeededRandomness(hashlib.sha256(seed + i.to_bytes(4, "big")).digest())
         clients.append(SecAggClient(i + 1, ring, threshold=threshold, encoding=encoding, randomness=randomness))
@@ -128,7 +127,7 @@ class SecureAggregation:
         late = order[self.params.dropouts:self.params.dropouts + self.params.late_dropouts]
         template = ordered[0].tensors
         vectors = [
-            np.concatenate([x.detach().to("cpu", torch.float64).reshape(-1).numpy() for x in u.tensors])
+            torch.cat([x.detach().reshape(-1) for x in u.tensors]).cpu().numpy()  # widened to float64 when encoded
             for u in ordered
         ]
         result = secure_sum(
