@@ -223,6 +223,6 @@ def test_the_cli_refuses_an_attack_needing_single_updates_and_a_threshold_above_
                  "--set", "defenses=[{name: secure_aggregation, threshold: 5}]", "--out", str(out_dir))
     assert result.code == 2, result.err
     assert "threshold t=5 exceeds the n=4 clients" in result.err and len(result.err.strip().splitlines()) == 1
-    result = cli("run", "cocktail-party", "--set", "defenses=[{name: secure_aggregation, frac_bits: 40, ring_bits: 32}]",
-                 "--out", str(out_dir))
+    result = cli("run", "cocktail-party", "--set",
+                 "defenses=[{name: secure_aggregation, frac_bits: 40, ring_bits: 32}]", "--out", str(out_dir))
     assert result.code == 2 and "frac_bits 40 leaves no integer bits" in result.err

@@ -1,6 +1,6 @@
 """Seed expansion for secure aggregation: AES-256 in counter mode as the PRG.
 
-Bonawitz et al. 2017 (CCS, section 4) expand short seeds into full-length masks with a PRG: the
+Bonawitz et al. 2017 (CCS) expand short seeds into full-length masks with a PRG: the
 pairwise mask p_{u,v} = PRG(s_{u,v}) from a key-agreement secret, and the self mask
 p_u = PRG(b_u). AES-CTR is the PRG here because it is a standard cryptographic one (a
 statistical generator such as PCG would make the masks predictable from a few outputs) and

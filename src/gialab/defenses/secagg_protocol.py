@@ -1,9 +1,11 @@
 """The message-level secure aggregation protocol of Bonawitz et al. 2017.
 
 "Practical Secure Aggregation for Privacy-Preserving Machine Learning" (Bonawitz, Ivanov, Kreuter,
-Marcedone, McMahan, Patel, Ramage, Segal, Seth; ACM CCS 2017), the semi-honest variant (their
-Figure 4 without the steps marked for active adversaries). Clients are numbered 1..n; that number
-is also the point at which each holds Shamir shares. Rounds, as in the paper:
+Marcedone, McMahan, Patel, Ramage, Segal, Seth; ACM CCS 2017), in its honest-but-curious form:
+without the signatures and the consistency-check round that only an active server makes
+necessary. Key names follow the paper (c for the share channel, s for the masks). Clients are
+numbered 1..n; that number is also the point at which each holds Shamir shares. Rounds, as in
+the paper:
 
 0. AdvertiseKeys: each client u makes two X25519 key pairs, (c_u^PK, c_u^SK) for the channel that
    carries shares and (s_u^PK, s_u^SK) for the pairwise masks, and sends both public keys. The
@@ -21,10 +23,11 @@ is also the point at which each holds Shamir shares. Rounds, as in the paper:
    dropped v and recomputes the masks it left on the survivors, rebuilds b_u of every survivor and
    removes its self mask, and obtains sum_{u in U3} x_u.
 
-Why both masks: pairwise masks alone hide each input but a client that drops after sending its
-masked input would force the server to rebuild its s_u^SK, which unmasks the input itself; the
-self mask b_u makes that reconstruction useless without b_u's shares, and honest clients never
-release both. Why real X25519 and AES: the point of gialab's defenses is that they are the real
+Why both masks: with pairwise masks alone, a client whose masked input merely arrives late,
+after the server has rebuilt its s_u^SK to recover from its presumed dropout, would be unmasked
+outright. The self mask b_u makes that useless without b_u's shares, and honest clients never
+release both for one client. Shares travel AES-GCM-sealed, so the forwarding server cannot read them early.
+Why real X25519 and AES: the point of gialab's defenses is that they are the real
 mechanism, so what the server object holds is what a real server would hold.
 """
 
@@ -186,7 +189,8 @@ class SecAggClient:
             self._held[u] = (Share(self.index, s_y), Share(self.index, b_y))
         self._u2 = tuple(sorted({m.sender for m in inbox} | {self.index}))
         if len(self._u2) < self.threshold:
-            raise GialabError(f"client {self.index}: only {len(self._u2)} clients shared keys, below threshold {self.threshold}")
+            raise GialabError(
+                f"client {self.index}: only {len(self._u2)} clients shared keys, below threshold {self.threshold}")
         length = self._vector.shape[0]
         y = self._vector.copy()
         np.add(y, self_mask(self._b_seed, length), out=y)
@@ -201,7 +205,8 @@ class SecAggClient:
     def unmask(self, request: UnmaskingRequest) -> UnmaskingResponse:
         survivors, dropped = set(request.survivors), set(request.dropped)
         if survivors & dropped:
-            raise GialabError(f"client {self.index} refuses to reveal both masks of clients {sorted(survivors & dropped)}")
+            both = sorted(survivors & dropped)
+            raise GialabError(f"client {self.index} refuses to reveal both masks of clients {both}")
         if not survivors | dropped <= set(self._u2) or self.index not in survivors:
             raise GialabError(f"client {self.index} got an unmasking request for clients it never shared with")
         if len(survivors) < self.threshold:

@@ -1,6 +1,6 @@
 """Shamir t-out-of-n secret sharing over the prime field GF(2^521 - 1).
 
-Bonawitz et al. 2017 (CCS, section 3) share two secrets of every client with threshold t: the
+Bonawitz et al. 2017 (CCS) share two secrets of every client with threshold t: the
 self-mask seed b_u and the mask key-agreement secret key s_u^SK. Any t shares rebuild a secret by
 Lagrange interpolation at 0; any t - 1 shares are consistent with every secret (for each
 candidate there is exactly one polynomial of degree t - 1 through it and the t - 1 points), so

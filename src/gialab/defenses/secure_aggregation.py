@@ -111,10 +111,12 @@ class SecureAggregation:
         low = clients // 2 + 1
         if t > clients:
             raise GialabError(
-                f"secure_aggregation threshold t={t} exceeds the n={clients} clients of the round; use {low}..{clients}")
+                f"secure_aggregation threshold t={t} exceeds the n={clients} clients of the round; "
+                f"use {low}..{clients}")
         if t < low:
             raise GialabError(
-                f"secure_aggregation threshold t={t} is not more than half of the n={clients} clients; use {low}..{clients}")
+                f"secure_aggregation threshold t={t} is not more than half of the n={clients} clients; "
+                f"use {low}..{clients}")
         return t
 
     def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
