@@ -40,6 +40,7 @@ from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.metrics import score
+from gialab.metrics.disaggregation import disaggregation_scores
 from gialab.metrics.isolation import isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
@@ -51,7 +52,7 @@ from gialab.report import (
 from gialab.scenario import Scenario, load_scenario
 from gialab.threats import (
     Capability, Observation, ThreatModel, check_grants, get_threat_model, granted_capabilities, observe,
-    plan_capabilities,
+    participation_report, plan_capabilities,
 )
 
 
@@ -140,29 +141,37 @@ def _attacked_round(
     """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
-    granted capabilities before the round runs. Every round the victim joins is observed through
-    the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
+    granted capabilities before the round runs. Every round the victim joins (every round, for an
+    attack that ``observes_every_round``) is observed through the threat gate and told to the
+    attack, so multi-query attacks can adapt their next plan. Returned: the last observation, and
+    the transcript and truth of the last round the victim joined (what metrics compare against).
     """
-    attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
+    attacked: tuple[RoundTranscript, RoundTruth] | None = None
+    last: Observation | None = None
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
             check_grants(attack.name, plan_capabilities(plan, protocol.global_model), granted,
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
-        if scenario.victim in transcript.participants:
-            observation = observe(
+        joined = scenario.victim in transcript.participants
+        if joined or attack.observes_every_round:
+            last = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
                 target=scenario.victim, side_information=scenario.side_information,
+                anonymous=not attack.sees_participants,
+                participation=participation_report(
+                    protocol.participation_log, scenario.clients, scenario.analytics_window),
             )
-            attack.observe_round(observation)
-            attacked = (observation, transcript, truth)
-    if attacked is None:
+            attack.observe_round(last)
+        if joined:
+            attacked = (transcript, truth)
+    if attacked is None or last is None:
         raise GialabError(
             f"victim {scenario.victim} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
-    return attacked
+    return last, *attacked
 
 
 def run(
@@ -195,6 +204,7 @@ def run(
     check_grants(attack.name, attack.requires, granted, context)
     _check_modality(attack, scen.dataset)
     attack.check_update_kind(scen.fl.update_kind)
+    attack.check_scenario(scen)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
     if scen.lpips_weights is not None:
@@ -236,6 +246,10 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if reconstruction.disaggregated is not None:
+        scores.flat.update(disaggregation_scores(
+            reconstruction.disaggregated, protocol.participation_log, scen.clients,
+            transcript.updates[scen.victim].tensors, scen.victim))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +20,9 @@ from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
 from gialab.fl.protocol import ServerPlan
 from gialab.threats import Capability, Observation
+
+if TYPE_CHECKING:
+    from gialab.scenario import Scenario
 
 Progress = Callable[[int, int], None]
 
@@ -54,6 +57,17 @@ class IsolatedGradient:
 
 
 @dataclass(frozen=True)
+class Disaggregation:
+    """What a disaggregation attack claims, so the truth side can score it: the participation
+    matrix (rounds x clients, 0/1, row ``i`` for round ``rounds[i]``, columns in client-id order)
+    and the target's individual update read off the aggregates."""
+
+    participation: torch.Tensor
+    rounds: tuple[int, ...]
+    update: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
 class Reconstruction:
     """Recovered images in [0, 1] and, where the attack infers them, labels.
 
@@ -69,6 +83,7 @@ class Reconstruction:
     reference: torch.Tensor | None = None
     details: dict[str, float] = field(default_factory=dict)
     isolated: IsolatedGradient | None = None
+    disaggregated: Disaggregation | None = None
 
 
 class Attack(ABC):
@@ -81,6 +96,10 @@ class Attack(ABC):
     smoke_overrides: ClassVar[dict[str, Any]] = {}
     # What the attack can invert: FedSGD's "gradient", FedAvg's "model_delta", or both.
     update_kinds: ClassVar[frozenset[str]] = frozenset({"gradient", "model_delta"})
+    # Multi-round attacks on aggregates: hear every round (not only the target's), and/or work
+    # without knowing who took part (the runner then withholds every participant's identity).
+    observes_every_round: ClassVar[bool] = False
+    sees_participants: ClassVar[bool] = True
 
     def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         self.params = params
@@ -96,6 +115,10 @@ class Attack(ABC):
         raise GialabError(f"{self.name} inverts FedAvg model deltas; this scenario sends FedSGD gradients "
                           "(set fl.algorithm=fedavg, or use an attack on gradients)")
 
+    def check_scenario(self, scenario: Scenario) -> None:
+        """Raise ``GialabError`` when the scenario's setup (rounds, clients, ...) cannot support
+        this attack; the runner asks before any work. Default: any setup."""
+
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         """Raise ``GialabError`` when this attack cannot handle ``model``; default: any model."""
 
@@ -106,8 +129,9 @@ class Attack(ABC):
     def observe_round(self, observation: Observation) -> None:
         """Hear what one round revealed before planning the next (multi-query attacks adapt here).
 
-        Called for every round the target takes part in, the last one included; the last
-        observation is then handed to ``reconstruct``. Single-round attacks ignore it.
+        Called for every round the target takes part in (every round when ``observes_every_round``),
+        the last one included; the last observation is then handed to ``reconstruct``.
+        Single-round attacks ignore it.
         """
 
     @abstractmethod

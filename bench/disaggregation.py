@@ -1,0 +1,140 @@
+"""Gradient disaggregation at scale: users recovered exactly and wall time, by users and workers.
+
+Usage:
+    PYTHONPATH=src .venv/bin/python bench/disaggregation.py [--users 10 50 100 200] [--rounds-per-user 1.5]
+        [--rate 0.1] [--window 10] [--workers 1 2] [--seed 0] [--time-limit 60] [--e2e 100]
+
+Each user holds one digit (sklearn digits, 1x8x8) and sends its gradient on the DLG LeNet
+(8,026 parameters), which the server never steps (the attack's "delay parameter updates"), so
+every user's update is the same in every round: the aggregates of n rounds are exactly
+G = P U / k, the example-weighted mean the protocol computes, in float32. This script computes the
+u updates once, draws P as the protocol samples (k = rate x u users uniformly without replacement
+each round), and times what the attack does with G and the analytics counts: SVD, one MILP per
+user (eqs. 3-5, HiGHS), least squares for U (``participation.recover_participation``). It skips
+the FL simulation so large u stay affordable; ``--e2e U ...`` also times ``gialab run
+disaggregation`` end to end (FL rounds with secure aggregation, the attack, iDLG, metrics) at
+those sizes. ``exact`` is the share of users whose whole participation vector is right; the
+victim's update error is ||u_0 - u_0*|| / ||u_0*||. Torch runs on 1 thread; the MILPs on ``workers``
+processes (Ray when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import gialab
+from gialab.attacks.decomposition.disaggregation import DisaggregationParams
+from gialab.attacks.decomposition.participation import individual_updates, recover_participation
+from gialab.data import load_dataset
+from gialab.models import build_model
+
+
+def user_updates(users: int, seed: int) -> np.ndarray:
+    """Each user's gradient on its one digit under the fixed model, (u, d) float32."""
+    torch.manual_seed(seed)
+    data = load_dataset("digits", seed=seed)
+    model = build_model("lenet", data.spec.shape, data.spec.num_classes)
+    picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:users]
+    rows = []
+    for i in picks.tolist():
+        loss = F.cross_entropy(model(data.images[i : i + 1]), data.labels[i : i + 1])
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows).numpy()
+
+
+def sample_participation(users: int, rounds: int, per_round: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    matrix = np.zeros((rounds, users), dtype=np.int8)
+    for t in range(rounds):
+        matrix[t, rng.choice(users, per_round, replace=False)] = 1
+    return matrix
+
+
+def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, float]:
+    rounds = int(round(args.rounds_per_user * users / args.window)) * args.window
+    per_round = max(2, round(args.rate * users))
+    updates = user_updates(users, args.seed)
+    truth = sample_participation(users, rounds, per_round, args.seed)
+    mean = (truth.astype(np.float32) @ updates) / np.float32(per_round)  # the protocol's aggregate, float32
+    aggregates = mean.astype(np.float64) * per_round  # the attack's sum (cohort size x mean)
+    reports = rounds // args.window
+    windows = np.kron(np.eye(reports), np.ones(args.window))
+    counts = windows @ truth
+    started = time.perf_counter()
+    defaults = DisaggregationParams()
+    recovery = recover_participation(aggregates, windows, counts, tol=defaults.tol, rank_tol=defaults.rank_tol,
+                                     time_limit=args.time_limit, workers=workers)
+    solved, recovered = individual_updates(aggregates, recovery)
+    seconds = time.perf_counter() - started
+    exact = (recovery.matrix == truth).all(axis=0)
+    victim = 0
+    error = (float(np.linalg.norm(recovered[solved.index(victim)] - updates[victim]) / np.linalg.norm(updates[victim]))
+             if victim in solved else float("nan"))
+    timeouts = sum(s.status == "time limit" for s in recovery.solutions.values())
+    return {"users": users, "rounds": rounds, "per_round": per_round, "workers": workers, "exact": float(exact.mean()),
+            "victim_error": error, "timeouts": timeouts, "seconds": seconds,
+            "milp_max": max(s.seconds for s in recovery.solutions.values())}
+
+
+def end_to_end(users: int, args: argparse.Namespace, workers: int) -> dict[str, float]:
+    rounds = int(round(args.rounds_per_user * users / args.window)) * args.window
+    per_round = max(2, round(args.rate * users))
+    settings = {"clients": users, "fl.rounds": rounds, "fl.clients_per_round": per_round,
+                "analytics_window": args.window, "attack.workers": workers, "attack.time_limit": args.time_limit}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = gialab.run("disaggregation", out=out, seed=args.seed, set=settings)
+    m = result.metrics
+    return {"users": users, "rounds": rounds, "per_round": per_round, "workers": workers,
+            "exact": m["participation_exact_fraction"], "victim_error": m["victim_update_relative_error"],
+            "psnr": m["psnr_mean"], "seconds": time.perf_counter() - started,
+            "attack": result.reconstruction.details["disaggregation_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, nargs="+", default=[10, 50, 100, 200])
+    parser.add_argument("--rounds-per-user", type=float, default=1.5, help="n / u (rounded to whole windows)")
+    parser.add_argument("--rate", type=float, default=0.1, help="share of users sampled each round")
+    parser.add_argument("--window", type=int, default=10, help="rounds per analytics report (eq. 5)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per user's MILP")
+    parser.add_argument("--e2e", type=int, nargs="*", default=[], help="also run gialab end to end at these sizes")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    print(f"window {args.window} rounds, rate {args.rate}, n/u {args.rounds_per_user}, seed {args.seed}, "
+          f"MILP time limit {args.time_limit:g} s, load average at start {load:.1f} on {os.cpu_count()} cores")
+    print("| users u | rounds n | per round k | workers | exact users | victim update rel. error "
+          "| MILP timeouts | slowest MILP s | attack wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for users in args.users:
+        for workers in args.workers:
+            r = one_size(users, args, workers)
+            print(f"| {r['users']} | {r['rounds']} | {r['per_round']} | {r['workers']} | {r['exact']:.3f} | "
+                  f"{r['victim_error']:.1e} | {r['timeouts']} | {r['milp_max']:.1f} | {r['seconds']:.1f} |", flush=True)
+    if args.e2e:
+        print("\nEnd to end (`gialab run disaggregation`, secure aggregation, iDLG on the victim's update):\n")
+        print("| users u | rounds n | per round k | workers | exact users | victim update rel. error | PSNR dB "
+              "| disaggregation s | run wall s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for users in args.e2e:
+            for workers in args.workers:
+                r = end_to_end(users, args, workers)
+                print(f"| {r['users']} | {r['rounds']} | {r['per_round']} | {r['workers']} | {r['exact']:.3f} | "
+                      f"{r['victim_error']:.1e} | {r['psnr']:.1f} | {r['attack']:.1f} | {r['seconds']:.1f} |",
+                      flush=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
