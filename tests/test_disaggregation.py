@@ -16,9 +16,10 @@ from gialab.errors import GialabError
 from gialab.fl import Client, FLSetup, Protocol
 from gialab.threats import THREAT_MODELS, Capability, granted_capabilities, observe, participation_report
 
-# u = 10 users, n = 30 rounds, 3 users a round, three 10-round analytics reports; iDLG kept short.
-SMALL = {"clients": 10, "fl.rounds": 30, "fl.clients_per_round": 3, "analytics_window": 10,
-         "attack.invert_params": {"iterations": 100}}
+# u = 10 users, 34 rounds, 3 users a round, three 10-round analytics reports (the last 4 rounds are
+# unreported, so unused); iDLG kept short.
+SMALL = {"clients": 10, "fl.rounds": 34, "fl.clients_per_round": 3, "analytics_window": 10,
+         "attack.inner_params": {"iterations": 100}}
 
 
 def test_recovers_every_users_participation_and_the_victims_update(out_dir: Path, monkeypatch) -> None:
@@ -32,9 +33,9 @@ def test_recovers_every_users_participation_and_the_victims_update(out_dir: Path
     assert m["participation_exact_fraction"] == 1.0
     assert m["victim_update_relative_error"] < 1e-5 and m["victim_update_cosine"] > 0.99999
     assert m["psnr_mean"] >= 40 and m["label_accuracy"] == 1.0
-    assert details["victim_unique"] == 1.0 and details["rank"] == 10
+    assert details["victim_unique"] == 1.0 and details["rank"] == 10 and details["rounds"] == 30
     # The gate: every round heard, none naming a participant or showing a single update.
-    assert len(seen) == 30
+    assert len(seen) == 34
     assert all(o.participants == () and o.updates == {} and o.example_counts is None for o in seen)
     assert [o.round for o in seen if o.participation is not None] == [9, 19, 29]
 
@@ -43,7 +44,7 @@ def test_a_server_that_steps_the_model_breaks_the_factorization(out_dir: Path, m
     # Without the delayed update each round's gradients differ, G has full rank, eq. 3 says
     # nothing, and the counts alone pick wrong vectors.
     monkeypatch.setattr(GradientDisaggregation, "plan_server", lambda self, model, data: None)
-    settings = SMALL | {"attack.invert_params": {"iterations": 2}, "attack.unique_check": False}
+    settings = SMALL | {"attack.inner_params": {"iterations": 2}, "attack.unique_check": False}
     try:
         result = gialab.run("disaggregation", out=out_dir, seed=0, set=settings)
     except GialabError as exc:  # no vector for the victim at all is also a failure
@@ -122,13 +123,14 @@ def test_gate_withholds_identities_and_grants_counts_only_with_the_capability() 
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"fl.rounds": 10}, "more rounds than clients.*fl.rounds=10 for clients=10"),
+    ({"fl.rounds": 10}, "identifiability.*more reported rounds than clients.*got 10 rounds .*for clients=10"),
+    ({"fl.rounds": 19}, "identifiability.*got 10 rounds \\(fl.rounds=19, analytics_window=10\\)"),
     ({"fl.clients_per_round": 10}, "random participation"),
     ({"analytics_window": None}, "analytics_window"),
     ({"examples_per_client": 4}, "examples_per_client equal to batch_size"),
     ({"extra_capabilities": []}, "needs capability participation_side_channel"),
-    ({"attack.invert": "disaggregation"}, "attack.invert"),
-    ({"attack.invert_params": {"iterationz": 3}}, "invert_params.*iterationz"),
+    ({"attack.inner": "disaggregation"}, "attack.inner"),
+    ({"attack.inner_params": {"iterationz": 3}}, "inner_params.*iterationz"),
 ])
 def test_bad_input_is_one_line_before_any_round(out_dir: Path, settings, message) -> None:
     with pytest.raises(GialabError, match=message) as info:
@@ -139,5 +141,5 @@ def test_bad_input_is_one_line_before_any_round(out_dir: Path, settings, message
 
 def test_cli_exit_code_two_for_too_few_rounds(cli, out_dir: Path) -> None:
     result = cli("run", "disaggregation", "--set", "fl.rounds=20", "--out", str(out_dir))
-    assert result.code == 2 and "more rounds than clients" in result.err
+    assert result.code == 2 and "identifiability condition needs more reported rounds than clients" in result.err
     assert result.err.strip().count("\n") == 0

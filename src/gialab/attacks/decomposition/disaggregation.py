@@ -22,7 +22,7 @@ aggregated, so G's rows are sums as in eq. 3.
 
 Steps: stack the n summed aggregates into G; solve every user's column of P (eqs. 3-5, one MILP
 per user, in parallel); read all users' updates with least squares U = argmin ||P U - G|| (exact
-when P has full column rank); hand the victim's row to an inner attack (``invert``, iDLG by
+when P has full column rank); hand the victim's row to an inner attack (``inner``, iDLG by
 default) as if it were an individual update, which turns it into images.
 """
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 from torch import nn
 
 from gialab.attacks.base import Attack, AttackContext, AttackParams, Disaggregation, Reconstruction
@@ -59,8 +59,9 @@ class DisaggregationParams(AttackParams):
                                               "else processes)")
     time_limit: float = Field(60.0, gt=0, description="seconds HiGHS may spend on one user's MILP")
     unique_check: bool = Field(True, description="ask HiGHS whether the victim's vector is the only solution")
-    invert: str = Field("idlg", description="attack that turns the victim's disaggregated update into images")
-    invert_params: dict[str, Any] = Field(default_factory=dict, description="the inner attack's hyperparameters")
+    inner: str = Field("idlg", description="the registered attack that turns the victim's disaggregated update "
+                                           "into images")
+    inner_params: dict[str, Any] = Field(default_factory=dict, description="the inner attack's hyperparameters")
 
 
 @register
@@ -70,13 +71,13 @@ class GradientDisaggregation(Attack):
     Params = DisaggregationParams
     observes_every_round = True
     sees_participants = False
-    demo_overrides = {"invert_params": {"iterations": 50}}
-    smoke_overrides = {"invert_params": {"iterations": 2}, "unique_check": False}
+    demo_overrides = {"inner_params": {"iterations": 50}}
+    smoke_overrides = {"inner_params": {"iterations": 2}, "unique_check": False}
 
     def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         super().__init__(params, context)
         p: DisaggregationParams = self.params  # type: ignore[assignment]
-        self.inner = _inner_attack(p.invert, p.invert_params, self.context)
+        self.inner = _inner_attack(p.inner, p.inner_params, self.context)
         self._frozen: nn.Module | None = None
         self._rows: list[np.ndarray] = []
         self._rounds: list[int] = []
@@ -93,15 +94,18 @@ class GradientDisaggregation(Attack):
             raise GialabError(
                 f"disaggregation needs random participation, but all {clients} clients take part in every "
                 f"round (P is all ones); set fl.clients_per_round below {clients}")
-        if rounds <= clients:
-            raise GialabError(
-                f"disaggregation needs more rounds than clients to identify each one (P, rounds x clients, "
-                f"must have full column rank and G a non-trivial left null space: rounds > clients); got "
-                f"fl.rounds={rounds} for clients={clients}, use fl.rounds >= {clients + 1} (e.g. {3 * clients // 2})")
-        if scenario.analytics_window is None or scenario.analytics_window > rounds:
+        window = scenario.analytics_window
+        if window is None or window > rounds:
             raise GialabError(
                 f"disaggregation needs device-analytics participation counts (survey eq. 5): set analytics_window "
                 f"to the rounds each report covers, at most fl.rounds={rounds} (e.g. 10)")
+        reported = rounds // window * window  # the attack reads the rounds that analytics reports cover
+        if reported <= clients:
+            raise GialabError(
+                f"disaggregation's identifiability condition needs more reported rounds than clients (P, rounds x "
+                f"clients, must have full column rank and G a non-trivial left null space); got "
+                f"{reported} rounds (fl.rounds={rounds}, analytics_window={window}) for clients={clients}, "
+                f"use fl.rounds >= {(clients // window + 1) * window} (e.g. {-(-3 * clients // (2 * window)) * window})")
         if scenario.local_examples != scenario.batch_size:
             raise GialabError(
                 f"disaggregation needs every client to send the same update each round (G = P U): set "
@@ -138,8 +142,10 @@ class GradientDisaggregation(Attack):
         if not self._reports:
             raise GialabError("disaggregation got no participation report; set analytics_window <= fl.rounds")
         started = time.perf_counter()
-        aggregates = np.stack(self._rows)
-        windows, counts = count_constraints(self._reports, self._rounds)
+        reported = [i for i, r in enumerate(self._rounds) if r <= self._reports[-1].last_round]
+        rounds = [self._rounds[i] for i in reported]  # rounds after the last report have no counts: unused
+        aggregates = np.stack([self._rows[i] for i in reported])
+        windows, counts = count_constraints(self._reports, rounds)
         recovery = recover_participation(aggregates, windows, counts, tol=p.tol, rank_tol=p.rank_tol,
                                          time_limit=p.time_limit, workers=p.workers)
         victim = observation.target
@@ -168,7 +174,7 @@ class GradientDisaggregation(Attack):
         statuses = [s.status for s in recovery.solutions.values()]
         rank, singular = recovery.rank, recovery.singular
         details = {
-            "rounds": float(len(self._rounds)),
+            "rounds": float(len(rounds)),
             "users": float(counts.shape[1]),
             "active_users": float(len(recovery.solutions)),
             "rank": float(rank),
@@ -181,12 +187,12 @@ class GradientDisaggregation(Attack):
             "victim_unique": unique,
             "victim_rounds": float(found.vector.sum()),
             "workers": float(p.workers),
-        } | {f"invert_{k}": float(v) for k, v in inner.details.items()}
+        } | {f"inner_{k}": float(v) for k, v in inner.details.items()}
         if 0 < rank < len(singular) and singular[rank] > 0:  # G's smallest signal over its largest noise direction
             details["rank_gap"] = float(singular[rank - 1] / singular[rank])
         return Reconstruction(
             images=inner.images, labels=inner.labels, source=victim, reference=inner.reference, details=details,
-            disaggregated=Disaggregation(torch.from_numpy(recovery.matrix), tuple(self._rounds), update),
+            disaggregated=Disaggregation(torch.from_numpy(recovery.matrix), tuple(rounds), update),
         )
 
 
@@ -213,19 +219,14 @@ def _unflatten(flat: np.ndarray, model: nn.Module) -> tuple[torch.Tensor, ...]:
 
 
 def _inner_attack(name: str, params: dict[str, Any], context: AttackContext) -> Attack:
-    """The attack that inverts the disaggregated update: it must need nothing but that update."""
+    """The attack that inverts the disaggregated update: it must need nothing but that one update."""
+    from gialab.attacks.taxonomy import RECORDS
+
     cls = get_attack(name)
     extra = set(cls.requires) - {Capability.OBSERVE_INDIVIDUAL}
     if extra or cls.observes_every_round or not cls.sees_participants:
-        raise GialabError(f"attack.invert: {name!r} needs more than one individual update; use an attack on "
+        raise GialabError(f"attack.inner: {name!r} needs more than one individual update; use an attack on "
                           "one update, e.g. idlg, dlg, inverting-gradients, fc-leakage, fedavg-inversion")
-    try:
-        inner_params = cls.Params(**params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise GialabError(f"attack.invert_params: {name!r} has no hyperparameter {key!r}; valid: "
-                              f"{', '.join(sorted(cls.Params.model_fields))}") from None
-        raise GialabError(f"attack.invert_params.{key}: {err['msg']} (got {err.get('input')!r})") from None
-    return cls(inner_params, context)
+    if RECORDS[name].target_data.startswith("text"):
+        raise GialabError(f"disaggregation inverts image updates here; attack.inner {name!r} reconstructs text")
+    return cls(cls.parse_params(params, where="attack.inner_params"), context)

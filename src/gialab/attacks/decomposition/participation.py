@@ -29,7 +29,8 @@ certain without any ground truth.
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -177,15 +178,12 @@ def _solve_shared(problem: UserProblem) -> UserSolution:
 
 def solve_users(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: float, time_limit: float,
                 workers: int) -> list[UserSolution]:
-    """Every user's MILP, in order; ``workers`` > 1 runs them on Ray if installed, else in processes."""
+    """Every user's MILP, in order; ``workers`` > 1 runs them as Ray tasks if Ray is installed, else
+    in a pool of forked processes."""
     if workers <= 1 or len(problems) <= 1:
         return [solve_user(null_t, p, tol, time_limit) for p in problems]
-    try:
-        import ray  # type: ignore[import-not-found]
-    except ImportError:
-        ray = None
-    if ray is not None:
-        return _solve_with_ray(ray, null_t, problems, tol, time_limit, workers)
+    if importlib.util.find_spec("ray") is not None:
+        return _solve_on_ray(null_t, problems, tol=tol, time_limit=time_limit, workers=workers)
     # fork: a spawned child would import gialab, hence torch, before its first MILP (seconds each);
     # a forked one starts at once and runs only numpy and HiGHS, never the parent's torch threads.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"),
@@ -194,16 +192,28 @@ def solve_users(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: flo
         return list(pool.map(_solve_shared, problems, chunksize=chunk))
 
 
-def _solve_with_ray(ray: object, null_t: np.ndarray, problems: Sequence[UserProblem], tol: float,
-                    time_limit: float, workers: int) -> list[UserSolution]:
-    started_here = not ray.is_initialized()  # type: ignore[attr-defined]
-    if started_here:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,  # type: ignore[attr-defined]
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+def _milp_task(null_t: np.ndarray, windows: np.ndarray, counts: np.ndarray, tol: float,
+               time_limit: float) -> tuple[np.ndarray | None, str, float]:
+    solution = solve_user(null_t, UserProblem(windows, counts), tol, time_limit)
+    return solution.vector, solution.status, solution.seconds
+
+
+def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: float, time_limit: float,
+                  workers: int) -> list[UserSolution]:
+    """One Ray task per user. This module travels by value, so a Ray worker imports only numpy and
+    scipy: importing gialab would import torch first, which costs a fresh worker seconds to
+    minutes on a loaded machine, more than a user's MILP."""
+    import ray.cloudpickle
+
+    from gialab.integrations.ray_cluster import ray_session  # the matrix's Ray start-up, reused
+
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
     try:
-        remote = ray.remote(num_cpus=1)(solve_user)  # type: ignore[attr-defined]
-        shared = ray.put(null_t)  # type: ignore[attr-defined]
-        return list(ray.get([remote.remote(shared, p, tol, time_limit) for p in problems]))  # type: ignore[attr-defined]
+        with ray_session(workers) as session:
+            task = session.remote(num_cpus=1)(_milp_task)
+            shared = session.put(null_t)  # sent to each worker once, not once per user
+            done = session.get([task.remote(shared, p.windows, p.counts, tol, time_limit) for p in problems])
     finally:
-        if started_here:
-            ray.shutdown()  # type: ignore[attr-defined]
+        ray.cloudpickle.unregister_pickle_by_value(module)
+    return [UserSolution(*result) for result in done]
