@@ -1,7 +1,7 @@
 """Gradient disaggregation at scale: users recovered exactly and wall time, by users and workers.
 
 Usage:
-    PYTHONPATH=src .venv/bin/python bench/disaggregation.py [--users 10 50 100 200] [--rounds-per-user 1.5]
+    PYTHONPATH=src .venv/bin/python bench/disaggregation.py [--users 10 50 100 200] [--rounds-per-user 2]
         [--rate 0.1] [--window 10] [--workers 1 2] [--seed 0] [--time-limit 60] [--e2e 100]
 
 Each user holds one digit (sklearn digits, 1x8x8) and sends its gradient on the DLG LeNet
@@ -70,7 +70,7 @@ def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, fl
     counts = windows @ truth
     started = time.perf_counter()
     defaults = DisaggregationParams()
-    recovery = recover_participation(aggregates, windows, counts, tol=defaults.tol, rank_tol=defaults.rank_tol,
+    recovery = recover_participation(aggregates, windows, counts, tol_scale=defaults.tol_scale, rank_tol=defaults.rank_tol,
                                      time_limit=args.time_limit, workers=workers)
     solved, recovered = individual_updates(aggregates, recovery)
     seconds = time.perf_counter() - started
@@ -102,7 +102,7 @@ def end_to_end(users: int, args: argparse.Namespace, workers: int) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[10, 50, 100, 200])
-    parser.add_argument("--rounds-per-user", type=float, default=1.5, help="n / u (rounded to whole windows)")
+    parser.add_argument("--rounds-per-user", type=float, default=2.0, help="n / u (rounded to whole windows)")
     parser.add_argument("--rate", type=float, default=0.1, help="share of users sampled each round")
     parser.add_argument("--window", type=int, default=10, help="rounds per analytics report (eq. 5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])

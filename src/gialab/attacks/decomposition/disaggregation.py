@@ -39,7 +39,7 @@ from torch import nn
 
 from gialab.attacks.base import Attack, AttackContext, AttackParams, Disaggregation, Reconstruction
 from gialab.attacks.decomposition.participation import (
-    UserProblem, individual_updates, recover_participation, solve_user,
+    individual_updates, recover_participation, solve_user,
 )
 from gialab.attacks.registry import get_attack, register
 from gialab.data.dataset import DataSpec
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 
 class DisaggregationParams(AttackParams):
-    tol: float = Field(1e-3, gt=0, description="eq. 3 residual allowed per null-space direction, |N^T p| <= tol")
+    tol_scale: float = Field(0.05, gt=0, description="eq. 3's allowed residual |N^T p_k| per null-space direction, as "
+                                                      "a share of its rounding bound (s_r+1 / s_r) sqrt(|p_k|)")
     rank_tol: float = Field(1e-5, gt=0, lt=1, description="G's rank is the active users, or the singular values "
                                                           "above this times the largest if more")
     workers: int = Field(1, ge=1, description="users' MILPs solved in parallel (Ray tasks if Ray is installed, "
@@ -146,20 +147,20 @@ class GradientDisaggregation(Attack):
         rounds = [self._rounds[i] for i in reported]  # rounds after the last report have no counts: unused
         aggregates = np.stack([self._rows[i] for i in reported])
         windows, counts = count_constraints(self._reports, rounds)
-        recovery = recover_participation(aggregates, windows, counts, tol=p.tol, rank_tol=p.rank_tol,
+        recovery = recover_participation(aggregates, windows, counts, tol_scale=p.tol_scale, rank_tol=p.rank_tol,
                                          time_limit=p.time_limit, workers=p.workers)
         victim = observation.target
         found = recovery.solutions.get(victim)
         if found is None or found.vector is None:
             status = "never took part in a reported window" if found is None else found.status
             raise GialabError(f"disaggregation found no participation vector for victim {victim} ({status}); "
-                              "raise attack.time_limit or attack.tol, or observe more rounds")
+                              "raise attack.time_limit or attack.tol_scale, or observe more rounds")
         solved, updates = individual_updates(aggregates, recovery)
         victim_flat = updates[solved.index(victim)]
         solve_seconds = time.perf_counter() - started
         unique = -1.0
         if p.unique_check:
-            other = solve_user(recovery.null_t, UserProblem(windows, counts[:, victim]), p.tol, p.time_limit,
+            other = solve_user(recovery.null_t, recovery.problems[victim], p.time_limit,
                                exclude=found.vector)
             unique = {"infeasible": 1.0, "solved": 0.0}.get(other.status, -1.0)
 

@@ -9,8 +9,14 @@ G = P U (G: n x d, P: n x u in {0,1}, U: u x d). When U has full row rank, G's c
 so every user's column p_k of P is a binary vector orthogonal to G's left null space:
 
 * eq. 3, ``Nul(G^T)^T p_k = 0``: we take N from G's SVD (the left singular vectors past the
-  numerical rank) and ask ``|N^T p_k| <= tol`` entry-wise, since G is only known to float
-  precision (an exact equality on floating-point coefficients would reject the true p_k);
+  numerical rank) and ask ``|N^T p_k| <= tol_k`` entry-wise, since G is only known to float
+  precision (an exact equality on floating-point coefficients would reject the true p_k). The
+  tolerance follows the noise: rounding tilts the computed null space by about
+  sin(theta) <= s_{r+1} / s_r (Wedin's bound, G's singular values past and at its rank r), so the
+  true p_k's residual is at most that times ||p_k|| = sqrt(its count); ``tol_k`` is ``tol_scale``
+  times this bound. A tight tolerance is what keeps HiGHS fast: every extra unit of slack lets more
+  fractional points through the LP relaxation (one 200-user problem: 120 s and unsolved at an
+  absolute 1e-3, 16 s at 4e-6);
 * eq. 4, ``p_k in {0,1}^n``: the MILP's integrality;
 * eq. 5, ``C_k p_k = c_k``: device analytics' counts, one equality per reported window.
 
@@ -39,6 +45,8 @@ from multiprocessing import get_context
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+MIN_TOL = 1e-12  # eq. 3's tolerance when G is exact to double precision (no rounding to follow)
+
 
 @dataclass(frozen=True)
 class UserProblem:
@@ -46,6 +54,7 @@ class UserProblem:
 
     windows: np.ndarray  # (w, n) 0/1 rows of C_k, the rounds each analytics report covers
     counts: np.ndarray  # (w,) c_k, how many of those rounds the user took part in
+    tol: float  # eq. 3's allowed residual per null-space direction
 
 
 @dataclass(frozen=True)
@@ -82,12 +91,13 @@ def left_null_space(aggregates: np.ndarray, users: int, rank_tol: float) -> tupl
     return left[:, rank:], rank, singular
 
 
-def solve_user(null_t: np.ndarray, problem: UserProblem, tol: float, time_limit: float,
+def solve_user(null_t: np.ndarray, problem: UserProblem, time_limit: float,
                exclude: np.ndarray | None = None) -> UserSolution:
     """Eqs. 3-5 for one user; ``exclude`` cuts off one binary vector (the uniqueness check)."""
     import time
 
     started = time.perf_counter()
+    tol = problem.tol
     rounds = null_t.shape[1]
     fixed = np.full(rounds, -1.0)  # -1: free, else the value the counts force
     for row, count in zip(problem.windows, problem.counts, strict=True):
@@ -132,13 +142,14 @@ class ParticipationRecovery:
     rank: int
     singular: np.ndarray
     null_t: np.ndarray  # N^T, (n - rank) x n
+    problems: dict[int, UserProblem]  # what each solution answers, for a second look (the uniqueness check)
 
     @property
     def solved(self) -> list[int]:
         return [k for k, s in self.solutions.items() if s.vector is not None]
 
 
-def recover_participation(aggregates: np.ndarray, windows: np.ndarray, counts: np.ndarray, *, tol: float,
+def recover_participation(aggregates: np.ndarray, windows: np.ndarray, counts: np.ndarray, *, tol_scale: float,
                           rank_tol: float, time_limit: float, workers: int) -> ParticipationRecovery:
     """Eqs. 3-5 for every user: ``aggregates`` G (n x d, summed), ``windows`` C (w x n), ``counts`` (w x u).
 
@@ -148,13 +159,18 @@ def recover_participation(aggregates: np.ndarray, windows: np.ndarray, counts: n
     active = [k for k in range(counts.shape[1]) if counts[:, k].sum() > 0]
     null, rank, singular = left_null_space(aggregates, len(active), rank_tol)
     null_t = np.ascontiguousarray(null.T)
-    solutions = solve_users(null_t, [UserProblem(windows, counts[:, k]) for k in active],
-                            tol=tol, time_limit=time_limit, workers=workers)
+    tilt = float(singular[rank] / singular[rank - 1]) if 0 < rank < len(singular) and singular[rank - 1] > 0 else 0.0
+    unreported = float((~windows.any(axis=0)).sum()) if len(windows) else float(aggregates.shape[0])
+    problems = [UserProblem(windows, counts[:, k], max(tol_scale * tilt * np.sqrt(counts[:, k].sum() + unreported),
+                                                       MIN_TOL))
+                for k in active]
+    solutions = solve_users(null_t, problems, time_limit=time_limit, workers=workers)
     matrix = np.zeros((aggregates.shape[0], counts.shape[1]), dtype=np.int8)
     for k, solution in zip(active, solutions, strict=True):
         if solution.vector is not None:
             matrix[:, k] = solution.vector
-    return ParticipationRecovery(matrix, dict(zip(active, solutions, strict=True)), rank, singular, null_t)
+    return ParticipationRecovery(matrix, dict(zip(active, solutions, strict=True)), rank, singular, null_t,
+                                 dict(zip(active, problems, strict=True)))
 
 
 def individual_updates(aggregates: np.ndarray, recovery: ParticipationRecovery) -> tuple[list[int], np.ndarray]:
@@ -168,37 +184,37 @@ def individual_updates(aggregates: np.ndarray, recovery: ParticipationRecovery) 
 _SHARED: dict[str, object] = {}
 
 
-def _init_worker(null_t: np.ndarray, tol: float, time_limit: float) -> None:
-    _SHARED.update(null_t=null_t, tol=tol, time_limit=time_limit)
+def _init_worker(null_t: np.ndarray, time_limit: float) -> None:
+    _SHARED.update(null_t=null_t, time_limit=time_limit)
 
 
 def _solve_shared(problem: UserProblem) -> UserSolution:
-    return solve_user(_SHARED["null_t"], problem, _SHARED["tol"], _SHARED["time_limit"])  # type: ignore[arg-type]
+    return solve_user(_SHARED["null_t"], problem, _SHARED["time_limit"])  # type: ignore[arg-type]
 
 
-def solve_users(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: float, time_limit: float,
+def solve_users(null_t: np.ndarray, problems: Sequence[UserProblem], *, time_limit: float,
                 workers: int) -> list[UserSolution]:
     """Every user's MILP, in order; ``workers`` > 1 runs them as Ray tasks if Ray is installed, else
     in a pool of forked processes."""
     if workers <= 1 or len(problems) <= 1:
-        return [solve_user(null_t, p, tol, time_limit) for p in problems]
+        return [solve_user(null_t, p, time_limit) for p in problems]
     if importlib.util.find_spec("ray") is not None:
-        return _solve_on_ray(null_t, problems, tol=tol, time_limit=time_limit, workers=workers)
+        return _solve_on_ray(null_t, problems, time_limit=time_limit, workers=workers)
     # fork: a spawned child would import gialab, hence torch, before its first MILP (seconds each);
     # a forked one starts at once and runs only numpy and HiGHS, never the parent's torch threads.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"),
-                             initializer=_init_worker, initargs=(null_t, tol, time_limit)) as pool:
+                             initializer=_init_worker, initargs=(null_t, time_limit)) as pool:
         chunk = max(1, len(problems) // (4 * workers))
         return list(pool.map(_solve_shared, problems, chunksize=chunk))
 
 
 def _milp_task(null_t: np.ndarray, windows: np.ndarray, counts: np.ndarray, tol: float,
                time_limit: float) -> tuple[np.ndarray | None, str, float]:
-    solution = solve_user(null_t, UserProblem(windows, counts), tol, time_limit)
+    solution = solve_user(null_t, UserProblem(windows, counts, tol), time_limit)
     return solution.vector, solution.status, solution.seconds
 
 
-def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: float, time_limit: float,
+def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, time_limit: float,
                   workers: int) -> list[UserSolution]:
     """One Ray task per user. This module travels by value, so a Ray worker imports only numpy and
     scipy: importing gialab would import torch first, which costs a fresh worker seconds to
@@ -213,7 +229,7 @@ def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, tol: f
         with ray_session(workers) as session:
             task = session.remote(num_cpus=1)(_milp_task)
             shared = session.put(null_t)  # sent to each worker once, not once per user
-            done = session.get([task.remote(shared, p.windows, p.counts, tol, time_limit) for p in problems])
+            done = session.get([task.remote(shared, p.windows, p.counts, p.tol, time_limit) for p in problems])
     finally:
         ray.cloudpickle.unregister_pickle_by_value(module)
     return [UserSolution(*result) for result in done]
