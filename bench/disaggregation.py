@@ -59,7 +59,7 @@ def sample_participation(users: int, rounds: int, per_round: int, seed: int) -> 
 
 
 def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, float]:
-    rounds = int(round(args.rounds_per_user * users / args.window)) * args.window
+    rounds = round(args.rounds_per_user * users / args.window) * args.window
     per_round = max(2, round(args.rate * users))
     updates = user_updates(users, args.seed)
     truth = sample_participation(users, rounds, per_round, args.seed)
@@ -85,7 +85,7 @@ def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, fl
 
 
 def end_to_end(users: int, args: argparse.Namespace, workers: int) -> dict[str, float]:
-    rounds = int(round(args.rounds_per_user * users / args.window)) * args.window
+    rounds = round(args.rounds_per_user * users / args.window) * args.window
     per_round = max(2, round(args.rate * users))
     settings = {"clients": users, "fl.rounds": rounds, "fl.clients_per_round": per_round,
                 "analytics_window": args.window, "attack.workers": workers, "attack.time_limit": args.time_limit}
