@@ -246,6 +246,8 @@ def test_robbing_the_fed_gets_nothing_from_an_auditing_victim(out_dir: Path, cli
     assert summary["metrics"]["fraction_recovered"] == 0.0 and summary["metrics"]["n_recon"] == 0
     saved = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
     assert saved["audit"] == summary["audit"]
+    report = (Path(summary["run_dir"]) / "report.html").read_text()
+    assert "The victim refused every model it was sent." in report and "imprint: layer block.imprint" in report
     # Without the audit the same scenario leaks (the refusal, not the setting, stopped it).
     leaked = gialab.run("robbing-the-fed", out=out_dir, set=dict(s.split("=") for s in small) | {
         "batch_size": 16, "examples_per_client": 32, "attack.num_bins": 32})

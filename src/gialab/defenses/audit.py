@@ -14,10 +14,10 @@ server published for the round (``fl.commitment``). A flagged model is refused: 
 sends no update that round, as if it had dropped out, and the transcript records the reasons.
 
 This is a detector of the modifications that exist, not a proof of honesty: a server that knows
-the checks can try to evade them (e.g. rows that are parallel only after a secret rotation). The
-thresholds below are set from honest models, untrained and trained, of every model in the
-registry, and measured against every malicious-server modification in the code in
-``bench/model_audit.py``.
+the checks can try to evade them (e.g. imprint rows perturbed to just below the parallelism
+threshold, or a trap spread thinly over several layers). The thresholds below are set from honest
+models, untrained and trained, of every model in the registry, and measured against every
+malicious-server modification in the code in ``bench/model_audit.py``.
 """
 
 from __future__ import annotations
