@@ -39,12 +39,15 @@ from gialab.defenses import resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.fl.gossip import GossipProtocol, GossipTranscript
+from gialab.fl.topology import build_topology
 from gialab.metrics import score
 from gialab.metrics.isolation import isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
 from gialab.models.transformer import check_vocabulary, lm_loss
+from gialab.peer_threat import peer_attacker, peer_grants
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
 )
@@ -134,16 +137,16 @@ def _check_modality(attack: Attack, dataset: str) -> None:
 
 
 def _attacked_round(
-    protocol: Protocol, attack: Attack, scenario: Scenario, spec: DataSpec, granted: frozenset[Capability],
-    threat: ThreatModel,
-) -> tuple[Observation, RoundTranscript, RoundTruth]:
+    protocol: Protocol | GossipProtocol, attack: Attack, scenario: Scenario, spec: DataSpec,
+    granted: frozenset[Capability], threat: ThreatModel, attacker: int | None = None,
+) -> tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth]:
     """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
     granted capabilities before the round runs. Every round the victim joins is observed through
     the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
     """
-    attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
@@ -153,7 +156,7 @@ def _attacked_round(
         if scenario.victim in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=scenario.victim, side_information=scenario.side_information,
+                target=scenario.victim, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
@@ -190,6 +193,10 @@ def run(
                for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
     granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
     attack = _build_attack(scen, progress or no_progress)
+    topology = build_topology(scen.fl, scen.clients, scen.seed)  # None: the server-based star
+    attacker = peer_attacker(topology, threat.name, scen.attacker, scen.victim, scen.clients, defenses)
+    if topology is not None and attacker is not None:
+        granted = peer_grants(granted, topology, attacker, scen.victim, attack.name, attack.requires)
     context = f"threat model {threat.name}" + (
         f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
@@ -211,12 +218,15 @@ def run(
         load_weights(model, scen.weights)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
-    protocol = Protocol(
-        model, clients, scen.fl, batch_size=scen.batch_size,
-        transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
-        **({"loss_fn": lm_loss} if text else {}),
+    loss = {"loss_fn": lm_loss} if text else {}
+    protocol: Protocol | GossipProtocol = (
+        Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
+                 aggregator=defenses.aggregator, seed=scen.seed, **loss)
+        if topology is None else
+        GossipProtocol(model, clients, scen.fl, topology, batch_size=scen.batch_size,
+                       transforms=defenses.transforms, seed=scen.seed, **loss)
     )
-    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat)
+    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
 
     attack_started = time.perf_counter()
     reconstruction = attack.reconstruct(observation)
