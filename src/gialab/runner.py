@@ -38,12 +38,15 @@ from gialab.defenses import DefenseStack, resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.fl.gossip import GossipProtocol, GossipTranscript
+from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
 from gialab.metrics.isolation import isolation_scores, update_isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
 from gialab.models.transformer import check_vocabulary, lm_loss
+from gialab.peer_threat import peer_attacker, peer_grants
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
 )
@@ -126,16 +129,16 @@ def _check_modality(attack: Attack, dataset: str) -> None:
 
 
 def _attacked_round(
-    protocol: Protocol, attack: Attack, scenario: Scenario, spec: DataSpec, granted: frozenset[Capability],
-    threat: ThreatModel,
-) -> tuple[Observation, RoundTranscript, RoundTruth]:
+    protocol: Protocol | GossipProtocol, attack: Attack, scenario: Scenario, spec: DataSpec,
+    granted: frozenset[Capability], threat: ThreatModel, attacker: int | None = None,
+) -> tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth]:
     """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
     granted capabilities before the round runs. Every round the victim joins is observed through
     the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
     """
-    attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
@@ -145,7 +148,7 @@ def _attacked_round(
         if scenario.victim in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=scenario.victim, side_information=scenario.side_information,
+                target=scenario.victim, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
@@ -167,6 +170,8 @@ class _Admitted:
     granted: frozenset[Capability]
     attack: Attack
     privacy: dict[str, dict[str, float | None]]
+    topology: Topology | None  # None: the server-based star
+    attacker: int | None  # the curious peer node under a gossip topology
 
 
 def _load(scenario: str | Path | Scenario | Mapping[str, Any], overrides: dict[str, Any]) -> Scenario:
@@ -190,6 +195,10 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
                for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
     granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
     attack = _build_attack(scen, progress)
+    topology = build_topology(scen.fl, scen.clients, scen.seed)
+    attacker = peer_attacker(topology, threat.name, scen.attacker, scen.victim, scen.clients, defenses)
+    if topology is not None and attacker is not None:
+        granted = peer_grants(granted, topology, attacker, scen.victim, attack.name, attack.requires)
     context = f"threat model {threat.name}" + (
         f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
@@ -199,7 +208,7 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
     if scen.lpips_weights is not None:
         load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
-    return _Admitted(scen, threat, defenses, granted, attack, privacy)
+    return _Admitted(scen, threat, defenses, granted, attack, privacy, topology, attacker)
 
 
 def check(scenario: str | Path | Scenario | Mapping[str, Any], **overrides: Any) -> Scenario:
@@ -227,7 +236,7 @@ def run(
     admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
     scen, threat, defenses, granted, attack = (
         admitted.scenario, admitted.threat, admitted.defenses, admitted.granted, admitted.attack)
-    privacy = admitted.privacy
+    privacy, topology, attacker = admitted.privacy, admitted.topology, admitted.attacker
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
@@ -240,12 +249,15 @@ def run(
         load_weights(model, scen.weights)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
-    protocol = Protocol(
-        model, clients, scen.fl, batch_size=scen.batch_size,
-        transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
-        **({"loss_fn": lm_loss} if text else {}),
+    loss = {"loss_fn": lm_loss} if text else {}
+    protocol: Protocol | GossipProtocol = (
+        Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
+                 aggregator=defenses.aggregator, seed=scen.seed, **loss)
+        if topology is None else
+        GossipProtocol(model, clients, scen.fl, topology, batch_size=scen.batch_size,
+                       transforms=defenses.transforms, seed=scen.seed, **loss)
     )
-    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat)
+    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
 
     attack_started = time.perf_counter()
     reconstruction = attack.reconstruct(observation)
