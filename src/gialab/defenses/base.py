@@ -19,6 +19,12 @@ A ``ModelAudit`` acts before training instead of after it: the client inspects t
 received (and its own batch's activations through it) against the commitment the server
 published for the round, and a model with any finding is refused: the client sends no update
 that round, and the transcript records why (``RoundTranscript.refused``).
+
+``RoundSizeChecked``: a defense that works only for some round sizes n (secure aggregation's
+threshold t <= n, a robust rule's Byzantine budget f against n) says so before any work: the runner
+calls ``check_round_size`` with the planned participant count, so a scenario it can never run is
+refused with one line before the data is loaded, not after rounds of training. The check at
+aggregation time stays, for rounds a malicious server sizes itself.
 """
 
 from __future__ import annotations
@@ -105,3 +111,11 @@ class ModelAudit(Protocol):
     def audit(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, commitment: str | None
     ) -> list[AuditFinding]: ...
+
+@runtime_checkable
+class RoundSizeChecked(Protocol):
+    """Refuses (``GialabError``, one line) a round of ``participants`` clients it cannot handle."""
+
+    name: str
+
+    def check_round_size(self, participants: int) -> None: ...
