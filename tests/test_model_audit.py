@@ -23,6 +23,7 @@ from gialab.data.text import TextSpec
 from gialab.defenses import resolve_defenses
 from gialab.defenses.audit import ModelAuditDefense, ModelAuditParams
 from gialab.defenses.audit_checks import (
+    balanced_chance,
     check_balanced_rows,
     check_commitment,
     check_imprint,
@@ -128,6 +129,30 @@ def test_trap_weights_fire_rarely_and_have_balanced_rows() -> None:
     # firing threshold; its rows are still the paper's half-and-half construction.
     paper = sent_by("trap-weights", base, fire_rate=None, scale_factor=0.95)
     assert checks_of(AUDIT.audit(paper, x, torch.zeros(32, dtype=torch.long), None)) >= {"balanced_rows"}
+
+
+def test_rows_shifted_alike_by_training_are_not_trap_rows() -> None:
+    """Adam moves the output rows of tokens a batch never holds by one common direction, which fixes
+    the sign of many columns: exact balance is then likelier than for symmetric weights (a trained
+    transformer's head showed 8% balanced rows against the symmetric 5%), and chance must say so."""
+    g = torch.Generator().manual_seed(0)
+    d, rows = 256, 4000
+    shift = torch.zeros(d)
+    fixed = torch.randperm(d, generator=g)[:200]
+    shift[fixed[:100]], shift[fixed[100:]] = -1.0, 1.0  # 200 columns' signs fixed, half each way
+    layer = torch.nn.Linear(d, rows)
+    with torch.no_grad():
+        layer.weight.copy_(0.01 * torch.randn(rows, d, generator=g) + shift)
+    shifted = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(rows, 10))
+    assert balanced_chance(torch.full((d,), 0.5)) == pytest.approx(0.0498, abs=1e-4)  # C(256, 128) / 2^256
+    assert balanced_chance((layer.weight < 0).double().mean(0)) > 0.09  # ~P(Binomial(56, 1/2) = 28)
+    assert check_balanced_rows(shifted) == []
+    with torch.no_grad():  # the same layer with trap rows: every row its own random half negative
+        for r in range(0, rows, 4):
+            signs = torch.ones(d)
+            signs[torch.randperm(d, generator=g)[: d // 2]] = -1.0
+            layer.weight[r] = signs * layer.weight[r].abs()
+    assert [f.reason.split(":")[0] for f in check_balanced_rows(shifted)] == ["layer 0"]
 
 
 def test_single_units_counts_units_that_fire_for_one_input() -> None:

@@ -188,13 +188,24 @@ def check_trap(
     return findings
 
 
-def balanced_chance(d: int) -> float:
-    """Probability that a row of ``d`` continuous random weights (symmetric about 0) has exactly
-    ``d // 2`` negative and ``d // 2`` positive ones: ``C(d, d/2) / 2^d``, about ``sqrt(2 / (pi d))``
-    (for odd ``d`` the trap's extra weight is exactly zero, which chance never gives; the even
-    value is then an upper bound)."""
-    h = d // 2
-    return math.exp(math.lgamma(2 * h + 1) - 2 * math.lgamma(h + 1) - 2 * h * math.log(2))
+def balanced_chance(negative_share: torch.Tensor) -> float:
+    """Probability that a row has exactly ``d // 2`` negative weights when its weight ``j`` is
+    negative with probability ``negative_share[j]``, independently (a Poisson-binomial law).
+
+    For weights symmetric about 0 every share is 1/2 and this is ``C(d, d/2) / 2^d``, about
+    ``sqrt(2 / (pi d))``. Training can shift a whole layer's rows by one common direction (Adam
+    moves the output rows of tokens a batch never holds alike), which fixes the sign of some columns
+    and makes exact balance more likely; the shares measured on the layer's own rows account for it.
+    For odd ``d`` the trap's extra weight is exactly zero, which chance never gives, so the value is
+    an upper bound.
+    """
+    q = negative_share.double().clamp(0, 1)
+    pmf = torch.zeros(len(q) + 1, dtype=torch.float64)
+    pmf[0] = 1.0
+    for qj in q:  # add one column: the count stays (weight >= 0) or grows by one (weight < 0)
+        pmf[1:] = pmf[1:] * (1 - qj) + pmf[:-1] * qj
+        pmf[0] = pmf[0] * (1 - qj)
+    return float(pmf[len(q) // 2])
 
 
 def check_balanced_rows(model: nn.Module, *, sigmas: float = 6.0, min_rows: int = 8,
@@ -204,8 +215,9 @@ def check_balanced_rows(model: nn.Module, *, sigmas: float = 6.0, min_rows: int 
     Trap weights are built that way (Boenisch et al. 2023b, survey eq. 10): each row gets a random
     half of its inputs negative and the other half positive, so that the unit fires only for
     inputs markedly brighter under its positive half. A random or trained row of ``d`` weights is
-    exactly balanced with probability ``p`` of :func:`balanced_chance` (1.4% for 3072 inputs, 5%
-    for 256), so ``n`` honest rows hold about ``n p`` balanced ones; a layer is flagged when it
+    exactly balanced with probability ``p`` of :func:`balanced_chance` (1.4% for 3072 symmetric
+    inputs, 5% for 256; more where training shifted the rows alike, measured from the share of
+    negative weights in each column), so ``n`` honest rows hold about ``n p`` balanced ones; a layer is flagged when it
     holds at least ``min_rows`` and more than ``n p + sigmas * sqrt(n p (1 - p))``. Layers with fewer
     than ``min_inputs`` inputs are skipped. Identical rows count once: an imprint's copies of one
     direction are balanced all together or not at all.
@@ -217,7 +229,7 @@ def check_balanced_rows(model: nn.Module, *, sigmas: float = 6.0, min_rows: int 
         if d < min_inputs or rows < min_rows:
             continue
         balanced = int((((weight < 0).sum(1) == d // 2) & ((weight > 0).sum(1) == d // 2)).sum())
-        p = balanced_chance(d)
+        p = balanced_chance((weight < 0).double().mean(0))
         bound = rows * p + sigmas * math.sqrt(rows * p * (1 - p))
         if balanced >= min_rows and balanced > bound:
             findings.append(AuditFinding("balanced_rows", (
