@@ -132,8 +132,10 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
 class Observation:
     """What the attacker has after one round, and nothing else.
 
-    ``updates`` is empty unless individual updates are observable. ``target`` is the client the
-    attacker aims at (the scenario's victim). Side information fields are ``None`` unless declared.
+    ``updates`` is empty unless individual updates are observable. ``participants`` are the
+    clients whose updates make up the round (one that refused its model is not among them).
+    ``target`` is the client the attacker aims at (the scenario's victim). Side information
+    fields are ``None`` unless declared.
     """
 
     threat_model: str
@@ -199,6 +201,10 @@ def observe(
             f"victim {target} did not take part in round {transcript.round}; participants: "
             f"{', '.join(map(str, transcript.participants))}"
         )
+    if target in transcript.refused:
+        raise GialabError(f"victim {target} refused round {transcript.round}'s model and sent nothing: "
+                          f"{transcript.refused[target]}")
+    answered = tuple(c for c in transcript.participants if c not in transcript.refused)
     side = set(side_information)
     individual = Capability.OBSERVE_INDIVIDUAL in granted
     updates = {cid: u.tensors for cid, u in transcript.updates.items()} if individual else {}
@@ -208,7 +214,7 @@ def observe(
         validate_update(transcript.models[cid], tensors, f"client {cid}'s update")
     if aggregate is not None:
         validate_update(model, aggregate, "the aggregate")
-    visible = updates.keys() if individual else transcript.participants
+    visible = updates.keys() if individual else answered
     return Observation(
         threat_model=threat.name,
         capabilities=granted,
@@ -216,7 +222,7 @@ def observe(
         data=data,
         model=model,
         update_kind=transcript.update_kind,
-        participants=transcript.participants,
+        participants=answered,
         target=target,
         updates=updates,
         aggregate=aggregate,
