@@ -100,7 +100,7 @@ def planned_strategy(
                 return None, {}
             if secagg:  # Flower gives every result the one unmasked weighted mean
                 mean = parameters_to_ndarrays(results[0][1].parameters)
-                self.aggregate = wire.update_tensors(mean, next(iter(sent.values())))
+                self.aggregate = wire.update_tensors(mean, sent[self.answered[0]])  # shaped like what was trained
                 return None, {}
             for proxy, fitres in results:
                 cid = self.node_to_client[proxy.node_id]
