@@ -61,6 +61,8 @@ def run_command(
     engine: Annotated[str, typer.Option(
         "--engine", metavar="gialab|flower",
         help="FL transport: gialab (in-process) or flower (a Flower simulation; pip install 'gialab[flower]')")] = "gialab",
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", help="--engine flower: Ray CPUs running the ClientApps")] = 1,
 ) -> None:
     """Run one scenario: FL round(s), the threat model's observation, the attack, metrics, report."""
     from gialab.runner import run
@@ -69,7 +71,7 @@ def run_command(
     overrides = dict(parse_assignment(item) for item in set_ or [])
     with _progress_bar(not as_json and sys.stderr.isatty()) as factory:
         progress = factory(scenario) if factory else None
-        result = run(scenario, out=out_dir, progress=progress, engine=engine, set=overrides)
+        result = run(scenario, out=out_dir, progress=progress, engine=engine, workers=workers, set=overrides)
     if as_json:
         typer.echo(json.dumps(result.summary, allow_nan=False))
         return

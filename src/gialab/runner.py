@@ -252,13 +252,15 @@ def run(
     out: str | Path = "runs",
     progress: Progress | None = None,
     engine: str = "gialab",
+    workers: int = 1,
     **overrides: Any,
 ) -> RunResult:
     """Run a scenario (preset name, YAML path, mapping or Scenario) with dotted-key overrides.
 
     Keyword overrides use ``__`` for dots in Python (``attack__iterations=50``), or pass a
     ``set={"attack.iterations": 50}`` mapping. ``engine="flower"`` runs the rounds as Flower
-    simulations (``integrations/flower``, the ``[flower]`` extra); everything else is the same.
+    simulations on ``workers`` Ray CPUs (``integrations/flower``, the ``[flower]`` extra);
+    everything else is the same.
     """
     started = time.perf_counter()
     admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
@@ -267,6 +269,9 @@ def run(
     privacy, topology, attacker = admitted.privacy, admitted.topology, admitted.attacker
     if engine not in ("gialab", "flower"):
         raise GialabError(f"unknown engine {engine!r}; valid: flower, gialab")
+    if (workers != 1 and engine != "flower") or workers < 1:
+        raise GialabError(f"workers={workers}: Flower's simulation runs on 1 or more Ray CPUs, and only "
+                          "with engine flower (the gialab engine runs in this process)")
     if engine == "flower":
         from gialab.integrations.flower import check_flower, import_flwr
 
@@ -286,7 +291,7 @@ def run(
     clients = _clients(scen, data)
     loss = {"loss_fn": lm_loss} if text else {}
     protocol: Protocol | GossipProtocol = (
-        _flower_protocol(scen, model, clients, data.spec, defenses, loss) if engine == "flower" else
+        _flower_protocol(scen, model, clients, data.spec, defenses, loss, workers) if engine == "flower" else
         Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
                  aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits, **loss)
         if topology is None else
@@ -380,11 +385,12 @@ def run(
 
 
 def _flower_protocol(scen: Scenario, model: torch.nn.Module, clients: list[Client], spec: DataSpec,
-                     defenses: DefenseStack, loss: dict[str, Any]) -> Protocol:
+                     defenses: DefenseStack, loss: dict[str, Any], workers: int) -> Protocol:
     from gialab.integrations.flower.protocol import FlowerProtocol
 
     return FlowerProtocol(model, clients, scen.fl, batch_size=scen.batch_size, model_name=scen.model, data=spec,
-                          aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits, **loss)
+                          aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits,
+                          workers=workers, **loss)
 
 
 def _json(data: Mapping[str, Any]) -> str:

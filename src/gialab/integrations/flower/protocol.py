@@ -72,7 +72,7 @@ class FlowerProtocol(Protocol):
         aggregator: Aggregator | None = None,
         seed: int = 0,
         audits: Sequence[ModelAudit] = (),
-        workers: int = 2,
+        workers: int = 1,
         scratch: Path | None = None,
     ) -> None:
         super().__init__(model, clients, setup, batch_size=batch_size, loss_fn=loss_fn, aggregator=aggregator,
