@@ -40,6 +40,7 @@ from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.metrics import score
+from gialab.metrics.exposed_update import exposed_update_scores
 from gialab.metrics.isolation import isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
@@ -98,7 +99,8 @@ def _build_attack(scenario: Scenario, progress: Progress) -> Attack:
             valid = ", ".join(sorted(cls.Params.model_fields))
             raise GialabError(f"attack {cls.name!r} has no hyperparameter {key!r}; valid: {valid}") from None
         raise GialabError(f"attack.{key}: {err['msg']} (got {err.get('input')!r})") from None
-    context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress)
+    context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress,
+                            target=scenario.victim)
     return cls(params, context)
 
 
@@ -236,6 +238,12 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if reconstruction.exposed is not None:
+        exposed = reconstruction.exposed
+        promised = [r["noise_std_promised"] for r in privacy.values() if r.get("noise_std_promised") is not None]
+        scores.flat.update(exposed_update_scores(
+            exposed.update, exposed.model, truth.batches[exposed.client].images, truth.batches[exposed.client].labels,
+            promised_noise_std=promised[0] if promised else None))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

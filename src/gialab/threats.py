@@ -119,6 +119,8 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
         needs.add(Capability.PER_CLIENT_MODELS)
     if plan.participants is not None:
         needs.add(Capability.CONTROL_SAMPLING)
+    if plan.sybils is not None and plan.sybils.count != 0:
+        needs.add(Capability.SYBIL_CLIENTS)
     return frozenset(needs)
 
 
@@ -128,6 +130,7 @@ class Observation:
 
     ``updates`` is empty unless individual updates are observable. ``target`` is the client the
     attacker aims at (the scenario's victim). Side information fields are ``None`` unless declared.
+    ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
     """
 
     threat_model: str
@@ -143,6 +146,7 @@ class Observation:
     example_counts: Mapping[int, int] | None = None
     labels: Mapping[int, torch.Tensor] | None = None
     fl_setup: FLSetup | None = None
+    sybils: tuple[int, ...] = ()
 
     def target_update(self) -> tuple[torch.Tensor, ...]:
         """The victim's own update; needs ``observe_individual``."""
@@ -216,4 +220,5 @@ def observe(
             if SideInformation.LABELS in side else None
         ),
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in side else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
     )

@@ -41,6 +41,7 @@ class AttackContext:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     progress: Progress = no_progress
+    target: int = 0  # the client the attacker aims at (the scenario's victim), known before round 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ class IsolatedGradient:
     gradient: tuple[torch.Tensor, ...]
     model: nn.Module
     label: int
+
+
+@dataclass(frozen=True)
+class ExposedUpdate:
+    """One client's whole update an isolation attack claims to have exposed from an aggregate, with
+    the model it came from, so the truth side can measure what still covers it (its noise)."""
+
+    update: tuple[torch.Tensor, ...]
+    model: nn.Module
+    client: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class Reconstruction:
     reference: torch.Tensor | None = None
     details: dict[str, float] = field(default_factory=dict)
     isolated: IsolatedGradient | None = None
+    exposed: ExposedUpdate | None = None
 
 
 class Attack(ABC):
