@@ -142,8 +142,8 @@ def test_the_victim_carries_its_share_alone(isolated: RunResult) -> None:
     assert details["noise_std_estimated"] == pytest.approx(share, rel=0.02)  # from idle rows, no truth
     # The same residual by hand: the exposed aggregate minus the victim's clipped clean update.
     victim = isolated.scenario.victim
-    exposed = isolated.reconstruction.exposed
-    assert exposed is not None and exposed.client == victim
+    exposed = isolated.reconstruction.isolated_update
+    assert exposed is not None and exposed.client == victim and exposed.model is not None
     x = isolated.truth_images
     labels = _victim_labels(isolated)
     clean = clip_to_norm(fedsgd_update(exposed.model, F.cross_entropy, x, labels), CLIP)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from pydantic import ValidationError
 
 from gialab.attacks.base import Attack, AttackContext, Progress, Reconstruction, no_progress
 from gialab.attacks.taxonomy import RECORDS
@@ -35,17 +34,20 @@ from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset
 from gialab.data.text import TEXT_DATASETS, TextDataset, decode, token_pieces
-from gialab.defenses import resolve_defenses
+from gialab.defenses import DefenseStack, resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.fl.gossip import GossipProtocol, GossipTranscript
+from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
 from gialab.metrics.exposed_update import exposed_update_scores
-from gialab.metrics.isolation import isolation_scores
+from gialab.metrics.isolation import isolation_scores, update_isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
 from gialab.models.transformer import check_vocabulary, lm_loss
+from gialab.peer_threat import peer_attacker, peer_grants
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
 )
@@ -90,15 +92,7 @@ def _device(name: str) -> torch.device:
 
 def _build_attack(scenario: Scenario, progress: Progress) -> Attack:
     cls = get_attack(scenario.attack.name)
-    try:
-        params = cls.Params(**scenario.attack.hyperparameters)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(cls.Params.model_fields))
-            raise GialabError(f"attack {cls.name!r} has no hyperparameter {key!r}; valid: {valid}") from None
-        raise GialabError(f"attack.{key}: {err['msg']} (got {err.get('input')!r})") from None
+    params = cls.parse_params(scenario.attack.hyperparameters)
     context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress,
                             target=scenario.victim)
     return cls(params, context)
@@ -136,16 +130,16 @@ def _check_modality(attack: Attack, dataset: str) -> None:
 
 
 def _attacked_round(
-    protocol: Protocol, attack: Attack, scenario: Scenario, spec: DataSpec, granted: frozenset[Capability],
-    threat: ThreatModel,
-) -> tuple[Observation, RoundTranscript, RoundTruth]:
+    protocol: Protocol | GossipProtocol, attack: Attack, scenario: Scenario, spec: DataSpec,
+    granted: frozenset[Capability], threat: ThreatModel, attacker: int | None = None,
+) -> tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth]:
     """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
     granted capabilities before the round runs. Every round the victim joins is observed through
     the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
     """
-    attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
@@ -155,7 +149,7 @@ def _attacked_round(
         if scenario.victim in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=scenario.victim, side_information=scenario.side_information,
+                target=scenario.victim, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
@@ -165,6 +159,66 @@ def _attacked_round(
             f"raise fl.rounds or fl.clients_per_round"
         )
     return attacked
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A scenario that passed every check made before any work, with what the checks built."""
+
+    scenario: Scenario
+    threat: ThreatModel
+    defenses: DefenseStack
+    granted: frozenset[Capability]
+    attack: Attack
+    privacy: dict[str, dict[str, float | None]]
+    topology: Topology | None  # None: the server-based star
+    attacker: int | None  # the curious peer node under a gossip topology
+
+
+def _load(scenario: str | Path | Scenario | Mapping[str, Any], overrides: dict[str, Any]) -> Scenario:
+    """Keyword overrides use ``__`` for dots; a ``set`` mapping holds dotted keys as they are."""
+    dotted = dict(overrides.pop("set", {}) or {})
+    dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_scenario(scenario, dotted)
+
+
+def _admit(scen: Scenario, progress: Progress) -> _Admitted:
+    """Everything refusable from the scenario alone: names, capabilities, sizes, hyperparameters."""
+    threat = get_threat_model(scen.threat_model)
+    defenses = resolve_defenses([d.compact() for d in scen.defenses])
+    round_size = scen.fl.clients_per_round or scen.clients
+    if round_size > scen.clients:
+        raise GialabError(f"fl.clients_per_round {round_size} exceeds the {scen.clients} clients; "
+                          f"use at most {scen.clients}")
+    defenses.check_round_size(round_size)
+    privacy = {d.name: d.privacy(scen.fl, clients=scen.clients, batch_size=scen.batch_size,
+                                 local_examples=scen.local_examples)
+               for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
+    granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
+    attack = _build_attack(scen, progress)
+    topology = build_topology(scen.fl, scen.clients, scen.seed)
+    attacker = peer_attacker(topology, threat.name, scen.attacker, scen.victim, scen.clients, defenses)
+    if topology is not None and attacker is not None:
+        granted = peer_grants(granted, topology, attacker, scen.victim, attack.name, attack.requires)
+    context = f"threat model {threat.name}" + (
+        f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
+    check_grants(attack.name, attack.requires, granted, context)
+    _check_modality(attack, scen.dataset)
+    attack.check_update_kind(scen.fl.update_kind)
+    if scen.victim >= scen.clients:
+        raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    if scen.lpips_weights is not None:
+        load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
+    return _Admitted(scen, threat, defenses, granted, attack, privacy, topology, attacker)
+
+
+def check(scenario: str | Path | Scenario | Mapping[str, Any], **overrides: Any) -> Scenario:
+    """Refuse what ``run`` refuses before any work, without loading data or running a round.
+
+    The same checks ``run`` makes first, so a sweep can ask this of each cell: an incompatible
+    attack x defense pair is reported with its one-line reason in a fraction of a second.
+    """
+    return _admit(_load(scenario, overrides), no_progress).scenario
 
 
 def run(
@@ -180,27 +234,10 @@ def run(
     ``set={"attack.iterations": 50}`` mapping.
     """
     started = time.perf_counter()
-    dotted = dict(overrides.pop("set", {}) or {})
-    dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
-    scen = load_scenario(scenario, dotted)
-
-    # Everything refusable, before any work.
-    threat = get_threat_model(scen.threat_model)
-    defenses = resolve_defenses([d.compact() for d in scen.defenses])
-    privacy = {d.name: d.privacy(scen.fl, clients=scen.clients, batch_size=scen.batch_size,
-                                 local_examples=scen.local_examples)
-               for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
-    granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
-    attack = _build_attack(scen, progress or no_progress)
-    context = f"threat model {threat.name}" + (
-        f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
-    check_grants(attack.name, attack.requires, granted, context)
-    _check_modality(attack, scen.dataset)
-    attack.check_update_kind(scen.fl.update_kind)
-    if scen.victim >= scen.clients:
-        raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
-    if scen.lpips_weights is not None:
-        load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
+    admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
+    scen, threat, defenses, granted, attack = (
+        admitted.scenario, admitted.threat, admitted.defenses, admitted.granted, admitted.attack)
+    privacy, topology, attacker = admitted.privacy, admitted.topology, admitted.attacker
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
@@ -213,12 +250,15 @@ def run(
         load_weights(model, scen.weights)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
-    protocol = Protocol(
-        model, clients, scen.fl, batch_size=scen.batch_size,
-        transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
-        **({"loss_fn": lm_loss} if text else {}),
+    loss = {"loss_fn": lm_loss} if text else {}
+    protocol: Protocol | GossipProtocol = (
+        Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
+                 aggregator=defenses.aggregator, seed=scen.seed, **loss)
+        if topology is None else
+        GossipProtocol(model, clients, scen.fl, topology, batch_size=scen.batch_size,
+                       transforms=defenses.transforms, seed=scen.seed, **loss)
     )
-    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat)
+    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
 
     attack_started = time.perf_counter()
     reconstruction = attack.reconstruct(observation)
@@ -238,12 +278,15 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
-    if reconstruction.exposed is not None:
-        exposed = reconstruction.exposed
-        promised = [r["noise_std_promised"] for r in privacy.values() if r.get("noise_std_promised") is not None]
-        scores.flat.update(exposed_update_scores(
-            exposed.update, exposed.model, truth.batches[exposed.client].images, truth.batches[exposed.client].labels,
-            promised_noise_std=promised[0] if promised else None))
+    if reconstruction.isolated_update is not None:  # measured against what that client really sent
+        claimed = reconstruction.isolated_update
+        scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
+        if claimed.model is not None:  # what still covers it, against the client's clean update
+            promised = [r["noise_std_promised"] for r in privacy.values() if r.get("noise_std_promised") is not None]
+            batch = truth.batches[claimed.client]
+            scores.flat.update(exposed_update_scores(
+                claimed.update, claimed.model, batch.images, batch.labels,
+                promised_noise_std=promised[0] if promised else None))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

@@ -74,6 +74,8 @@ class Scenario(BaseModel):
     extra_capabilities: tuple[Capability, ...] = ()
     side_information: tuple[SideInformation, ...] = ()
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
+    attacker: NonNegativeInt | None = Field(
+        None, description="the curious node under a gossip fl.topology; default the victim's lowest-numbered neighbour")
     attack: AttackConfig
     defenses: tuple[DefenseConfig, ...] = ()
     device: str = "cpu"

@@ -17,6 +17,7 @@ from torch import nn
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError, unknown_name
+from gialab.fl.gossip import GossipTranscript
 from gialab.fl.protocol import RoundTranscript, RoundTruth, ServerPlan
 from gialab.fl.setup import FLSetup
 
@@ -69,6 +70,11 @@ THREAT_MODELS: dict[str, ThreatModel] = {
             "malicious-client",
             frozenset({_C.OBSERVE_AGGREGATE, _C.POISON_OWN_UPDATE}),
             "sees only the global model's change and controls its own update",
+        ),
+        ThreatModel(
+            "honest-but-curious-peer",
+            frozenset({_C.OBSERVE_INDIVIDUAL, _C.OBSERVE_AGGREGATE}),
+            "a gossip node: follows the protocol, inverts its neighbours' messages (peer_threat.py)",
         ),
     )
 }
@@ -173,7 +179,7 @@ def validate_update(model: nn.Module, tensors: tuple[torch.Tensor, ...], what: s
 
 
 def observe(
-    transcript: RoundTranscript,
+    transcript: RoundTranscript | GossipTranscript,
     truth: RoundTruth,
     *,
     threat: ThreatModel,
@@ -181,8 +187,17 @@ def observe(
     data: DataSpec,
     target: int,
     side_information: Iterable[SideInformation] = (),
+    observer: int | None = None,
 ) -> Observation:
-    """Build the attacker's view of a round. Truth is read only for declared side information."""
+    """Build the attacker's view of a round. Truth is read only for declared side information.
+
+    A gossip round has no server: the attacker is node ``observer`` and sees what reached it.
+    """
+    if isinstance(transcript, GossipTranscript):
+        from gialab.peer_threat import observe_peer  # builds on this module's types
+
+        return observe_peer(transcript, truth, threat=threat, granted=granted, data=data, target=target,
+                            observer=observer, side_information=side_information)
     if target not in transcript.participants:
         raise GialabError(
             f"victim {target} did not take part in round {transcript.round}; participants: "

@@ -61,9 +61,12 @@ class Bulyan:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        f = self.params.byzantine
+        require_clients(self.name, participants, f, "n >= 4f + 3", lambda n, f: n >= 4 * f + 3, 4 * f + 3)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
-        f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n >= 4f + 3", lambda n, f: n >= 4 * f + 3, 4 * f + 3)
-        return unflatten(bulyan(stack_updates(updates), f), updates[0])
+        self.check_round_size(len(updates))
+        return unflatten(bulyan(stack_updates(updates), self.params.byzantine), updates[0])

@@ -36,6 +36,10 @@ def trimmed_mean(rows: torch.Tensor, trim: int) -> torch.Tensor:
     return ordered[trim: rows.shape[0] - trim].mean(dim=0)
 
 
+def _require_majority(rule: str, n: int, f: int) -> None:
+    require_clients(rule, n, f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
+
+
 @register_defense
 class Median:
     """Coordinate-wise median of the round's updates."""
@@ -47,11 +51,13 @@ class Median:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        _require_majority(self.name, participants, self.params.byzantine)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
-        f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
+        self.check_round_size(len(updates))
         return unflatten(coordinate_median(stack_updates(updates)), updates[0])
 
 
@@ -66,9 +72,11 @@ class TrimmedMean:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        _require_majority(self.name, participants, self.params.byzantine)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
-        f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
-        return unflatten(trimmed_mean(stack_updates(updates), f), updates[0])
+        self.check_round_size(len(updates))
+        return unflatten(trimmed_mean(stack_updates(updates), self.params.byzantine), updates[0])

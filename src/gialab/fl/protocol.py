@@ -28,6 +28,17 @@ from gialab.fl.setup import FLSetup
 from gialab.fl.training import GradientFn, LossFn, mean_loss_gradient
 
 
+def local_gradient(transforms: Sequence[UpdateTransform], model: nn.Module) -> GradientFn:
+    """The one defense that computes the clients' gradient steps (DP-SGD), checked on the model."""
+    owners = [t for t in transforms if isinstance(t, LocalGradient)]
+    if len(owners) > 1:
+        raise GialabError(f"defenses {[t.name for t in owners]} each compute the local gradient; keep one")
+    if not owners:
+        return mean_loss_gradient
+    owners[0].check_model(model)
+    return owners[0].local_gradient
+
+
 @dataclass(frozen=True)
 class SybilDevices:
     """Devices the server runs itself and enrols in a round (Boenisch et al. 2023a).
@@ -119,14 +130,7 @@ class Protocol:
         self.participation_log: list[tuple[int, ...]] = []
 
     def _local_gradient(self, model: nn.Module) -> GradientFn:
-        """The one defense that computes the clients' gradient steps (DP-SGD), checked on the model."""
-        owners = [t for t in self.transforms if isinstance(t, LocalGradient)]
-        if len(owners) > 1:
-            raise GialabError(f"defenses {[t.name for t in owners]} each compute the local gradient; keep one")
-        if not owners:
-            return mean_loss_gradient
-        owners[0].check_model(model)
-        return owners[0].local_gradient
+        return local_gradient(self.transforms, model)
 
     def sample_participants(self) -> tuple[int, ...]:
         ids = sorted(self.clients)

@@ -34,15 +34,15 @@ def exposed_update_scores(
     update: Sequence[torch.Tensor], model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     promised_noise_std: float | None = None, loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, float | None]:
-    """``victim_noise_std`` (per coordinate), ``victim_update_cosine`` (exposed vs clean FedSGD
-    update) and, given the protocol's promise, ``noise_std_promised`` and ``victim_noise_ratio``."""
+    """``victim_noise_std`` (per coordinate), ``victim_clean_cosine`` (exposed vs clean FedSGD
+    update, before clipping and noise) and, given the protocol's promise, ``noise_std_promised`` and ``victim_noise_ratio``."""
     clean = _flat(fedsgd_update(copy.deepcopy(model), loss_fn, images, labels))
     exposed = _flat(update)
     scale = float(exposed @ clean / (clean @ clean)) if clean.any() else 0.0
     residual = exposed - scale * clean
     noise = math.sqrt(float(residual @ residual) / max(residual.numel() - 1, 1))
     cosine = float(F.cosine_similarity(exposed, clean, dim=0)) if clean.any() and exposed.any() else None
-    out: dict[str, float | None] = {"victim_noise_std": noise, "victim_update_cosine": cosine}
+    out: dict[str, float | None] = {"victim_noise_std": noise, "victim_clean_cosine": cosine}
     if promised_noise_std is not None:
         out["noise_std_promised"] = promised_noise_std
         out["victim_noise_ratio"] = noise / promised_noise_std if promised_noise_std > 0 else None

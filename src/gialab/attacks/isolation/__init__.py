@@ -1,1 +1,1 @@
-"""Gradient isolation by a malicious server: single updates picked out of an aggregate (survey section 3.1)."""
+"""Gradient isolation: a malicious server makes one client's update stand alone in the aggregate."""

@@ -53,7 +53,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from gialab.attacks.base import ExposedUpdate, Reconstruction
+from gialab.attacks.base import IsolatedUpdate, Reconstruction
 from gialab.attacks.input_layer import input_linear
 from gialab.attacks.registry import register
 from gialab.attacks.sparsification.trap_weights import (
@@ -149,5 +149,7 @@ class Sybil(TrapWeights):
                      else torch.zeros(0, *shape))
         return Reconstruction(
             images=recovered, labels=None, source=observation.target, details=details,
-            exposed=ExposedUpdate(observation.aggregate, observation.model, observation.target) if isolated else None,
+            isolated_update=IsolatedUpdate(observation.target, observation.aggregate,
+                                           tuple(range(len(observation.aggregate))), observation.model)
+            if isolated else None,
         )
