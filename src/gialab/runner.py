@@ -6,6 +6,13 @@ scenario -> data, model, clients -> protocol rounds -> threat gate (Observation)
 Everything that can be refused (names, capabilities, sizes, the output folder, the model the
 attack must handle) is checked before the first round, so a user mistake costs seconds.
 
+A client-side model audit (``defenses=[model_audit]``) may make the victim refuse the model it
+is sent. A round the victim refused gives the attacker nothing of it and is not observed; if the
+victim refused every round it was sampled in, the attack is not run and the run still completes,
+scoring an empty reconstruction against the batch the victim kept (``metrics.victim_refused`` is
+1, ``fraction_recovered`` 0). The run's JSON lists every refusal with its reasons (``audit``):
+a defense that stops the attack is a result to record, not a user mistake.
+
 Text runs take the same path with three substitutions: clients hold token ids where images
 would be (their own ids are the targets, shifted, of a causal language model's ``lm_loss``);
 text attacks return token ids ``(N, sequence_length)`` in ``Reconstruction.images``; and
@@ -129,36 +136,52 @@ def _check_modality(attack: Attack, dataset: str) -> None:
         raise GialabError(f"attack {attack.name!r} reconstructs {wanted}; dataset {dataset!r} does not hold them")
 
 
+@dataclass(frozen=True)
+class _Rounds:
+    """The rounds' outcome for the victim: the round attacked (None if the victim never sent an
+    update), the last round it refused (its transcript and truth), and every refusal."""
+
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None
+    last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None
+    refusals: list[dict[str, Any]]
+
+
 def _attacked_round(
     protocol: Protocol | GossipProtocol, attack: Attack, scenario: Scenario, spec: DataSpec,
     granted: frozenset[Capability], threat: ThreatModel, attacker: int | None = None,
-) -> tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth]:
-    """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
+) -> _Rounds:
+    """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim sends an update in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
     granted capabilities before the round runs. Every round the victim joins is observed through
-    the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
+    the threat gate and told to the attack, so multi-query attacks can adapt their next plan;
+    a round whose model the victim refused (a model audit flagged it) is not.
     """
     attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
+    last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None = None
+    refusals: list[dict[str, Any]] = []
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
             check_grants(attack.name, plan_capabilities(plan, protocol.global_model), granted,
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
-        if scenario.victim in transcript.participants:
+        refusals += [{"round": transcript.round, "client": c, "reasons": r} for c, r in transcript.refused.items()]
+        if scenario.victim in transcript.refused:
+            last_refused = (transcript, truth)
+        elif scenario.victim in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
                 target=scenario.victim, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
-    if attacked is None:
+    if attacked is None and last_refused is None:
         raise GialabError(
             f"victim {scenario.victim} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
-    return attacked
+    return _Rounds(attacked, last_refused, refusals)
 
 
 @dataclass(frozen=True)
@@ -198,6 +221,9 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
     attack = _build_attack(scen, progress)
     topology = build_topology(scen.fl, scen.clients, scen.seed)
     attacker = peer_attacker(topology, threat.name, scen.attacker, scen.victim, scen.clients, defenses)
+    if topology is not None and defenses.audits:
+        raise GialabError(f"model audits {[a.name for a in defenses.audits]} check a server's broadcast; "
+                          f"fl.topology={scen.fl.topology} has no server (use fl.topology=star)")
     if topology is not None and attacker is not None:
         granted = peer_grants(granted, topology, attacker, scen.victim, attack.name, attack.requires)
     context = f"threat model {threat.name}" + (
@@ -253,19 +279,26 @@ def run(
     loss = {"loss_fn": lm_loss} if text else {}
     protocol: Protocol | GossipProtocol = (
         Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
-                 aggregator=defenses.aggregator, seed=scen.seed, **loss)
+                 aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits, **loss)
         if topology is None else
         GossipProtocol(model, clients, scen.fl, topology, batch_size=scen.batch_size,
                        transforms=defenses.transforms, seed=scen.seed, **loss)
     )
-    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
+    rounds = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
 
     attack_started = time.perf_counter()
-    reconstruction = attack.reconstruct(observation)
+    if rounds.attacked is not None:
+        _, transcript, truth = rounds.attacked
+        reconstruction = attack.reconstruct(rounds.attacked[0])
+    else:  # the victim refused every model it was sent: the attacker has nothing of it
+        transcript, truth = rounds.last_refused  # type: ignore[misc]
+        empty = torch.zeros((0, *data.spec.shape), dtype=torch.long if text else torch.float32)
+        reconstruction = Reconstruction(images=empty, labels=None, source=scen.victim,
+                                        details={"victim_refused": 1.0})
     attack_seconds = time.perf_counter() - attack_started
 
     # Metrics: the only place where ground truth meets the reconstruction.
-    sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.participants)
+    sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.answered)
     true_images = torch.cat([truth.batches[c].images for c in sources])  # token ids for text
     if text:
         scores = score_text(reconstruction.images, true_images, decode=decode, pieces=token_pieces)
@@ -278,6 +311,8 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if defenses.audits:
+        scores.flat["victim_refused"] = float(rounds.attacked is None)
     if reconstruction.isolated_update is not None:  # measured against what that client really sent
         claimed = reconstruction.isolated_update
         scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
@@ -302,6 +337,8 @@ def run(
         "fl_setup": {"algorithm": scen.fl.algorithm, "clients": scen.clients, **scen.fl.model_dump(exclude={"algorithm"})},
         "defenses": [d.compact() for d in scen.defenses],
         **({"defense_report": privacy} if privacy else {}),
+        **({"audit": {"victim_refused": rounds.attacked is None, "refusals": rounds.refusals}}
+           if defenses.audits else {}),
         "n_samples": int(true_images.shape[0]),
         "metrics": scores.flat,
         "runtime_s": 0.0,

@@ -134,8 +134,10 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
 class Observation:
     """What the attacker has after one round, and nothing else.
 
-    ``updates`` is empty unless individual updates are observable. ``target`` is the client the
-    attacker aims at (the scenario's victim). Side information fields are ``None`` unless declared.
+    ``updates`` is empty unless individual updates are observable. ``participants`` are the
+    clients whose updates make up the round (one that refused its model is not among them).
+    ``target`` is the client the attacker aims at (the scenario's victim). Side information
+    fields are ``None`` unless declared.
     ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
     """
 
@@ -203,6 +205,10 @@ def observe(
             f"victim {target} did not take part in round {transcript.round}; participants: "
             f"{', '.join(map(str, transcript.participants))}"
         )
+    if target in transcript.refused:
+        raise GialabError(f"victim {target} refused round {transcript.round}'s model and sent nothing: "
+                          f"{transcript.refused[target]}")
+    answered = tuple(c for c in transcript.participants if c not in transcript.refused)
     side = set(side_information)
     individual = Capability.OBSERVE_INDIVIDUAL in granted
     updates = {cid: u.tensors for cid, u in transcript.updates.items()} if individual else {}
@@ -212,7 +218,7 @@ def observe(
         validate_update(transcript.models[cid], tensors, f"client {cid}'s update")
     if aggregate is not None:
         validate_update(model, aggregate, "the aggregate")
-    visible = updates.keys() if individual else transcript.participants
+    visible = updates.keys() if individual else answered
     return Observation(
         threat_model=threat.name,
         capabilities=granted,
@@ -220,7 +226,7 @@ def observe(
         data=data,
         model=model,
         update_kind=transcript.update_kind,
-        participants=transcript.participants,
+        participants=answered,
         target=target,
         updates=updates,
         aggregate=aggregate,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,11 @@ class GossipTranscript:
     update_kind: str
     setup: FLSetup
     previous: GossipTranscript | None = None
+    refused: Mapping[int, str] = field(default_factory=dict)  # no server model to audit: always empty
+
+    @property
+    def answered(self) -> tuple[int, ...]:
+        return self.participants
 
     def received(self, node: int) -> dict[int, Tensors]:
         """The messages ``node`` received this round, by sender."""
