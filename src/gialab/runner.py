@@ -48,6 +48,7 @@ from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.fl.gossip import GossipProtocol, GossipTranscript
 from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
+from gialab.metrics.exposed_update import exposed_update_scores
 from gialab.metrics.isolation import isolation_scores, update_isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
@@ -315,6 +316,12 @@ def run(
     if reconstruction.isolated_update is not None:  # measured against what that client really sent
         claimed = reconstruction.isolated_update
         scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
+        if claimed.model is not None:  # what still covers it, against the client's clean update
+            promised = [r["noise_std_promised"] for r in privacy.values() if r.get("noise_std_promised") is not None]
+            batch = truth.batches[claimed.client]
+            scores.flat.update(exposed_update_scores(
+                claimed.update, claimed.model, batch.images, batch.labels,
+                promised_noise_std=promised[0] if promised else None))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

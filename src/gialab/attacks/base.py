@@ -43,7 +43,7 @@ class AttackContext:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     progress: Progress = no_progress
-    target: int = 0
+    target: int = 0  # the client the attacker aims at (the scenario's victim), known before round 1
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,15 @@ class IsolatedUpdate:
 
     ``update`` is the aggregate as observed, aligned with the parameters of the model ``client``
     received; ``claimed`` lists the parameter indices the attack vouches for (the others it knows
-    still carry other clients' contributions).
+    still carry other clients' contributions). ``model``, when the attack knows it (it is the one the
+    server sent), lets the truth side recompute the client's clean update from its private batch
+    and measure the noise still covering the exposed one (``victim_noise_std``).
     """
 
     client: int
     update: tuple[torch.Tensor, ...]
     claimed: tuple[int, ...]
+    model: nn.Module | None = None
 
 
 @dataclass(frozen=True)
