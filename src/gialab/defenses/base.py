@@ -14,6 +14,11 @@ step, FedSGD and every FedAvg local step alike); the protocol asks its ``check_m
 first round. ``CohortAware``: the protocol announces the round's participant count M before the
 clients train (distributed DP sizes each client's noise share by it). ``PrivacyAccounted``: the
 runner records the (epsilon, delta) the defense's setting guarantees in the run's JSON.
+
+One optional hook on aggregators: ``ReportsAcceptance``. A Byzantine-robust rule decides which
+client updates it lets into the aggregate; the protocol records those client ids in the round's
+transcript (``RoundTranscript.accepted``), the server's own log, so whether a poisoned update
+survived the rule is measurable (``robust_rule`` states what "accepted" means for each kind of rule).
 """
 
 from __future__ import annotations
@@ -41,6 +46,17 @@ class Aggregator(Protocol):
     reveals_individual: bool
 
     def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator) -> tuple[torch.Tensor, ...]: ...
+
+
+@runtime_checkable
+class ReportsAcceptance(Protocol):
+    """An aggregator that also says which clients' updates its aggregate accepted (sorted ids)."""
+
+    name: str
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]: ...
 
 
 @runtime_checkable
