@@ -3,7 +3,11 @@
 ``run_round`` returns a ``RoundTranscript`` (models sent, updates received, the aggregate: all a
 server could log) and a ``RoundTruth`` (the examples each client trained on). The two never mix:
 the threat layer decides what of the transcript an attacker sees, and only metrics read the truth.
-The protocol knows nothing about attacks; a malicious server acts through ``ServerPlan``.
+The protocol knows nothing about attacks; a malicious server acts through ``ServerPlan``, a
+malicious client through its own ``Client.train`` (``fl.malicious``): such a client is not
+``honest``, so the client-side defenses are not applied to what it sends (it controls its device).
+An aggregator that reports which updates it accepted (robust rules) has the ids logged in
+``RoundTranscript.accepted``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gialab.defenses.base import Aggregator, CohortAware, LocalGradient, UpdateTransform
+from gialab.defenses.base import Aggregator, CohortAware, LocalGradient, ReportsAcceptance, UpdateTransform
 from gialab.defenses.mean import WeightedMean
 from gialab.errors import GialabError
 from gialab.fl.client import Client, ClientUpdate, LocalBatch
@@ -48,6 +52,7 @@ class RoundTranscript:
     aggregate: tuple[torch.Tensor, ...]
     update_kind: str
     setup: FLSetup
+    accepted: tuple[int, ...] | None = None  # clients the aggregation rule accepted; None: it does not say
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Protocol:
         self.aggregator = aggregator or WeightedMean()
         self.generator = torch.Generator().manual_seed(seed)
         self.participation_log: list[tuple[int, ...]] = []
+        self.acceptance_log: list[tuple[int, ...] | None] = []  # RoundTranscript.accepted, by round
 
     def _local_gradient(self, model: nn.Module) -> GradientFn:
         """The one defense that computes the clients' gradient steps (DP-SGD), checked on the model."""
@@ -130,15 +136,21 @@ class Protocol:
                 batch_size=self.batch_size, round_index=round_index, generator=self.generator,
                 gradient=self.gradient,
             )
-            for transform in transforms:
-                update = transform(update, self.generator)
+            if self.clients[cid].honest:  # a malicious client skips the defenses on its own device
+                for transform in transforms:
+                    update = transform(update, self.generator)
             updates[cid], batches[cid] = update, batch
-        aggregate = self.aggregator(list(updates.values()), self.generator)
+        accepted: tuple[int, ...] | None = None
+        if isinstance(self.aggregator, ReportsAcceptance):
+            aggregate, accepted = self.aggregator.aggregate_with_acceptance(list(updates.values()), self.generator)
+        else:
+            aggregate = self.aggregator(list(updates.values()), self.generator)
         if plan.model is None and not plan.per_client:
             self._step(aggregate)
         self.participation_log.append(tuple(participants))
+        self.acceptance_log.append(accepted)
         transcript = RoundTranscript(
-            round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup
+            round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup, accepted
         )
         return transcript, RoundTruth(round_index, batches)
 
