@@ -6,6 +6,13 @@ scenario -> data, model, clients -> protocol rounds -> threat gate (Observation)
 Everything that can be refused (names, capabilities, sizes, the output folder, the model the
 attack must handle) is checked before the first round, so a user mistake costs seconds.
 
+A client-side attack (``poison_own_update``) takes the place of the ``attacker`` client or clients
+(``fl.malicious.MaliciousClient``): the victims are all other participants, the attack observes
+the rounds the first attacker takes part in, and the run reports how often the aggregation rule
+accepted the crafted updates (``poison_survival``: the share of rounds with a crafted update, the
+inverted round aside, in which the rule accepted at least one; read from the server's log,
+which the attacker does not see).
+
 Text runs take the same path with three substitutions: clients hold token ids where images
 would be (their own ids are the targets, shifted, of a causal language model's ``lm_loss``);
 text attacks return token ids ``(N, sequence_length)`` in ``Reconstruction.images``; and
@@ -39,11 +46,14 @@ from gialab.defenses import resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.fl.malicious import MaliciousClient
 from gialab.metrics import score
+from gialab.metrics.dominance import target_cosine
 from gialab.metrics.isolation import isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
+from gialab.models.pretrain import pretrain
 from gialab.models.transformer import check_vocabulary, lm_loss
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
@@ -144,25 +154,92 @@ def _attacked_round(
     the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
     """
     attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
+    target = scenario.attackers[0] if scenario.attackers else scenario.victim
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
             check_grants(attack.name, plan_capabilities(plan, protocol.global_model), granted,
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
-        if scenario.victim in transcript.participants:
+        if target in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=scenario.victim, side_information=scenario.side_information,
+                target=target, side_information=scenario.side_information,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
     if attacked is None:
+        who = "attacker" if scenario.attackers else "victim"
         raise GialabError(
-            f"victim {scenario.victim} was never sampled in {scenario.fl.rounds} rounds; "
+            f"{who} {target} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
     return attacked
+
+
+def _check_attackers(attack: Attack, scenario: Scenario) -> None:
+    """A client-side attack needs clients to act as; anything else must not name one."""
+    acts_as_client = Capability.POISON_OWN_UPDATE in attack.requires
+    valid = f"0..{scenario.clients - 1}"
+    if acts_as_client and not scenario.attackers:
+        raise GialabError(f"attack {attack.name!r} acts as a malicious client; set attacker to a client id ({valid})")
+    if not scenario.attackers:
+        return
+    if not acts_as_client:
+        raise GialabError(f"attacker is set but attack {attack.name!r} is not a client-side attack; remove attacker")
+    for cid in scenario.attackers:
+        if cid >= scenario.clients:
+            raise GialabError(f"attacker {cid} is not a client; valid ids: {valid}")
+    if len(set(scenario.attackers)) != len(scenario.attackers):
+        raise GialabError(f"attacker lists a client twice: {list(scenario.attackers)}")
+    if len(scenario.attackers) >= scenario.clients:
+        raise GialabError(f"attack {attack.name!r} needs honest clients besides the attackers; "
+                          f"use clients > {len(scenario.attackers)}")
+
+
+def _poison_survival(
+    clients: list[MaliciousClient], acceptance: list[tuple[int, ...] | None], attacked_round: int,
+) -> dict[str, float | None]:
+    """How often the aggregation rule let a crafted update in (server's log), the inverted round aside."""
+    rounds = sorted({r for c in clients for r in c.crafted_rounds if r != attacked_round})
+    ids = {c.client_id for c in clients}
+    if not rounds or any(acceptance[r] is None for r in rounds):
+        return {"poison_rounds": len(rounds), "poison_survival": None}
+    survived = sum(bool(ids & set(acceptance[r])) for r in rounds)  # type: ignore[arg-type]
+    return {"poison_rounds": len(rounds), "poison_survival": survived / len(rounds)}
+
+
+def _attacked_examples(
+    reconstruction: Reconstruction, transcript: RoundTranscript, truth: RoundTruth, attackers: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The private examples a reconstruction claims (images, labels) and the IIP pool.
+
+    Claimed are its source's examples, or those behind the aggregate: in a run with malicious
+    clients the other participants' examples, only those the rule accepted where it says (Krum's
+    aggregate is one client's update), and only the ``target_class`` ones for a class-targeted
+    attack. The pool is then every example behind the aggregate, so identifying a recovered image
+    means telling it from the other images of the round, not only from the other claimed ones;
+    otherwise it is None (the claimed batch).
+    """
+    if reconstruction.source is not None:
+        sources = [reconstruction.source]
+    else:
+        sources = [c for c in transcript.participants if c not in attackers]
+        if attackers and transcript.accepted is not None:
+            sources = [c for c in sources if c in transcript.accepted]
+    images = torch.cat([truth.batches[c].images for c in sources]) if sources else torch.zeros(0)
+    labels = torch.cat([truth.batches[c].labels for c in sources]) if sources else torch.zeros(0, dtype=torch.long)
+    pool = None
+    if reconstruction.target_class is not None:
+        keep = labels == reconstruction.target_class
+        pool, images, labels = images, images[keep], labels[keep]
+    if len(labels) == 0:
+        what = "" if reconstruction.target_class is None else f" of class {reconstruction.target_class}"
+        raise GialabError(
+            f"round {transcript.round}'s aggregate holds no victim's example{what} to score; "
+            f"raise batch_size or clients, or pick another seed"
+        )
+    return images, labels, pool
 
 
 def run(
@@ -197,6 +274,9 @@ def run(
     attack.check_update_kind(scen.fl.update_kind)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    _check_attackers(attack, scen)
+    if scen.pretrain_steps and scen.dataset in TEXT_DATASETS:
+        raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
     if scen.lpips_weights is not None:
         load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
     out_dir = ensure_writable(Path(out))
@@ -209,8 +289,16 @@ def run(
         if text:
             check_vocabulary(scen.weights, data.spec.num_classes)
         load_weights(model, scen.weights)
+    if scen.pretrain_steps:
+        pretrain(model, data.images, data.labels, steps=scen.pretrain_steps, seed=scen.seed)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
+    malicious = [MaliciousClient(c, clients[c].local_data().images, clients[c].local_data().labels,
+                                 attack.craft_update) for c in scen.attackers]
+    if malicious:
+        attack.join({m.client_id: m.local_data() for m in malicious}, data.spec)
+        for m in malicious:
+            clients[m.client_id] = m
     protocol = Protocol(
         model, clients, scen.fl, batch_size=scen.batch_size,
         transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
@@ -223,19 +311,22 @@ def run(
     attack_seconds = time.perf_counter() - attack_started
 
     # Metrics: the only place where ground truth meets the reconstruction.
-    sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.participants)
-    true_images = torch.cat([truth.batches[c].images for c in sources])  # token ids for text
+    true_images, true_labels, pool = _attacked_examples(reconstruction, transcript, truth, scen.attackers)
     if text:
         scores = score_text(reconstruction.images, true_images, decode=decode, pieces=token_pieces)
     else:
-        true_labels = torch.cat([truth.batches[c].labels for c in sources])
         scores = score(
             reconstruction.images, true_images, recon_labels=reconstruction.labels, true_labels=true_labels,
-            reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr,
+            reference=reconstruction.reference, pool=pool, recovered_psnr=scen.recovered_psnr,
             lpips_weights=scen.lpips_weights,
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if reconstruction.target_class is not None and not text:
+        scores.flat["target_cosine"] = target_cosine(
+            transcript.aggregate, observation.model, true_images, true_labels)
+    if malicious:
+        scores.flat.update(_poison_survival(malicious, protocol.acceptance_log, transcript.round))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

@@ -63,6 +63,8 @@ class Scenario(BaseModel):
     data_path: Path | None = Field(None, description="folder for cifar10, cifar100 and image-folder")
     model: str = "lenet"
     weights: Path | None = Field(None, description="state dict loaded with torch.load(weights_only=True)")
+    pretrain_steps: NonNegativeInt = Field(0, description=(
+        "Adam steps on the dataset before round 1, standing in for rounds FL has already run (images only)"))
     sequence_length: PositiveInt | None = Field(None, description="tokens per sequence, text datasets only (default 32)")
     batch_size: PositiveInt = Field(1, description="examples each client trains on in a round")
     examples_per_client: PositiveInt | None = Field(None, description="local data size; default batch_size")
@@ -74,6 +76,9 @@ class Scenario(BaseModel):
     extra_capabilities: tuple[Capability, ...] = ()
     side_information: tuple[SideInformation, ...] = ()
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
+    attacker: NonNegativeInt | tuple[NonNegativeInt, ...] | None = Field(None, description=(
+        "the malicious client's id, or the ids of coordinated ones (client-side attacks; the victims are "
+        "all other clients)"))
     attack: AttackConfig
     defenses: tuple[DefenseConfig, ...] = ()
     device: str = "cpu"
@@ -83,6 +88,13 @@ class Scenario(BaseModel):
     @property
     def local_examples(self) -> int:
         return self.examples_per_client or self.batch_size
+
+    @property
+    def attackers(self) -> tuple[int, ...]:
+        """The malicious clients' ids (empty when no client is malicious)."""
+        if self.attacker is None:
+            return ()
+        return (self.attacker,) if isinstance(self.attacker, int) else tuple(self.attacker)
 
 
 def _preset_dir() -> Any:
