@@ -2,8 +2,9 @@
 
 Sweeps top-k and random-k ratios, QSGD levels, DLG's pruning share and sign compression against one preset and
 prints one Markdown table row per setting: PSNR median and range, and the fraction of images
-recovered (PSNR >= the scenario's threshold), over seeds. Accuracy of FL training under the same
-settings is not measured here.
+recovered (PSNR >= the scenario's threshold), over seeds. This is the finer compression grid of
+``bench/privacy_utility.py``'s attack side (it calls its ``sweep``); that script also measures the
+accuracy of an FL training under each setting.
 
 Usage: .venv/bin/python bench/defense_strength.py [--preset fc-leakage] [--seeds 3] [--set key=value ...]
        [--only none,topk,qsgd,randomk,prune,sign]
@@ -13,14 +14,10 @@ Run folders go to a temporary directory.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
 from typing import Any
 
-import torch
+from privacy_utility import sweep
 
-import gialab
 from gialab.scenario import parse_assignment
 
 SWEEPS: dict[str, list[dict[str, Any] | None]] = {
@@ -40,26 +37,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--only", default=",".join(SWEEPS), help="comma-separated sweeps to run")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     overrides = dict(parse_assignment(s) for s in args.overrides)
     shown = " ".join(args.overrides) or "-"
     print(f"preset {args.preset}, overrides {shown}, seeds 0..{args.seeds - 1}, torch threads 1")
-    print("| defense | setting | PSNR median (dB) | PSNR min..max | fraction recovered (mean) | s per run |")
-    print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as out:
-        for sweep in args.only.split(","):
-            for defense in SWEEPS[sweep]:
-                psnr, recovered, seconds = [], [], []
-                for seed in range(args.seeds):
-                    started = time.perf_counter()
-                    defenses = [] if defense is None else [defense]
-                    result = gialab.run(args.preset, out=out, set=overrides | {"seed": seed, "defenses": defenses})
-                    seconds.append(time.perf_counter() - started)
-                    psnr.append(result.metrics["psnr_mean"])
-                    recovered.append(result.metrics["fraction_recovered"])
-                setting = "-" if defense is None else ", ".join(f"{k}={v}" for k, v in defense.items() if k != "name")
-                print(f"| {sweep} | {setting} | {statistics.median(psnr):.1f} | {min(psnr):.1f}..{max(psnr):.1f} | "
-                      f"{statistics.mean(recovered):.2f} | {statistics.median(seconds):.1f} |", flush=True)
+    sweep({name: SWEEPS[name] for name in args.only.split(",")}, preset=args.preset, overrides=overrides,
+          seeds=args.seeds)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Usage: .venv/bin/python bench/dp_strength.py [--defense dp_local] [--clip 1.0]
        [--sigmas 0 0.001 0.01 0.1 1] [--seeds 3] [--preset idlg] [--set key=value ...] [--no-baseline]
 Prints a Markdown table: one row without the defense, then one per noise multiplier sigma
-(sigma = 0 is clipping alone). Run folders go to a temporary directory.
+(sigma = 0 is clipping alone). Run folders go to a temporary directory. This is the attack side
+of ``bench/privacy_utility.py`` for one DP defense (it calls its ``sweep``); that script also
+measures the accuracy of an FL training under each setting.
 
 At batch 1 under FedSGD, dp_sgd and dp_local compute the same update (one example: per-example
 clipping is whole-update clipping, and the noise is divided by a batch of 1), so one sweep covers
@@ -13,30 +15,11 @@ both there; dp_distributed needs --set clients=M with M >= 2.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
 from typing import Any
 
-import torch
+from privacy_utility import sweep
 
-import gialab
 from gialab.scenario import parse_assignment
-
-
-def _row(preset: str, defenses: list[dict[str, Any]], overrides: dict[str, Any], seeds: int, out: str) -> str:
-    psnr, seconds, epsilon = [], [], None
-    for seed in range(seeds):
-        started = time.perf_counter()
-        result = gialab.run(preset, out=out, set=overrides | {"seed": seed, "defenses": defenses})
-        seconds.append(time.perf_counter() - started)
-        psnr.append(result.metrics["psnr_mean"])
-        report = result.summary.get("defense_report", {})
-        epsilon = next(iter(report.values()))["epsilon"] if report else None
-    shown = "none" if not defenses else ", ".join(f"{k}={v}" for k, v in defenses[0].items())
-    eps = "-" if not defenses else ("inf" if epsilon is None else f"{epsilon:.3g}")
-    return (f"| {shown} | {eps} | {statistics.median(psnr):.1f} | {min(psnr):.1f}..{max(psnr):.1f} | "
-            f"{statistics.median(seconds):.0f} |")
 
 
 def main() -> None:
@@ -49,18 +32,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--no-baseline", action="store_true", help="skip the row without the defense")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     overrides = dict(parse_assignment(s) for s in args.overrides)
     print(f"preset {args.preset}, overrides: {' '.join(args.overrides) or '-'}, seeds 0..{args.seeds - 1}, "
           f"delta 1e-5, torch threads 1")
-    print("| defense | epsilon (RDP) | PSNR median (dB) | PSNR min..max | run s (median) |")
-    print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as out:
-        if not args.no_baseline:
-            print(_row(args.preset, [], overrides, args.seeds, out), flush=True)
-        for sigma in args.sigmas:
-            defense = {"name": args.defense, "clip": args.clip, "noise_multiplier": sigma}
-            print(_row(args.preset, [defense], overrides, args.seeds, out), flush=True)
+    families: dict[str, list[dict[str, Any] | None]] = {} if args.no_baseline else {"none": [None]}
+    families[args.defense] = [{"name": args.defense, "clip": args.clip, "noise_multiplier": s} for s in args.sigmas]
+    sweep(families, preset=args.preset, overrides=overrides, seeds=args.seeds)
 
 
 if __name__ == "__main__":

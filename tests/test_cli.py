@@ -78,6 +78,34 @@ def _weights(tmp_path: Path, *, nan: bool = False, wrong_shape: bool = False) ->
     return path
 
 
+# Defense settings no round of the scenario can satisfy: refused before the data is even loaded.
+DEFENSE_SIZE_ERRORS = {
+    "negative noise multiplier": (["idlg", "--set", "defenses=[{name: dp_local, noise_multiplier: -1}]"],
+                                  "defense dp_local.noise_multiplier: Input should be greater than or equal to 0"),
+    "secure aggregation threshold above the clients": (
+        ["cocktail-party", "--set", "clients=4", "--set", "batch_size=1", "--set", "attack.batch_size=4",
+         "--set", "defenses=[{name: secure_aggregation, threshold: 5}]"],
+        "secure_aggregation threshold t=5 exceeds the n=4 clients of the round; use 3..4"),
+    "secure aggregation with more dropouts than the threshold survives": (
+        ["cocktail-party", "--set", "clients=4", "--set", "batch_size=1", "--set", "attack.batch_size=4",
+         "--set", "defenses=[{name: secure_aggregation, threshold: 3, dropouts: 1, late_dropouts: 1}]"],
+        "survives at most n - t = 1 dropouts of the n=4 clients, but dropouts + late_dropouts = 2"),
+    "krum with more Byzantine clients than it tolerates": (
+        ["fc-leakage", "--set", "clients=4", "--set", "defenses=[{name: krum, byzantine: 1}]"],
+        "krum with byzantine f=1 needs n > 2f + 2, but the round has n=4 client updates; use at least 5"),
+    "bulyan on a sampled round too small for f": (
+        ["fc-leakage", "--set", "clients=8", "--set", "fl.clients_per_round=6",
+         "--set", "defenses=[{name: bulyan, byzantine: 1}]"],
+        "bulyan with byzantine f=1 needs n >= 4f + 3, but the round has n=6"),
+    "trimmed mean trimming every update": (["fc-leakage", "--set", "clients=2",
+                                            "--set", "defenses=[{name: trimmed_mean, byzantine: 1}]"],
+                                           "trimmed_mean with byzantine f=1 needs n > 2f, but the round has n=2"),
+    "distributed DP with one client per round": (["fc-leakage", "--set", "defenses=[dp_distributed]"],
+                                                 "needs M >= 2 per round, got M=1"),
+    "more clients per round than clients": (["fc-leakage", "--set", "fl.clients_per_round=3"],
+                                            "fl.clients_per_round 3 exceeds the 1 clients; use at most 1"),
+}
+
 BAD_INPUTS = {
     "unknown preset": (["nope"], "unknown preset 'nope'; valid: "),
     "unknown attack": (["dlg", "--set", "attack.name=nope"], "unknown attack 'nope'; valid:"),
@@ -99,6 +127,7 @@ BAD_INPUTS = {
     "unknown hyperparameter": (["dlg", "--set", "attack.steps=3"], "has no hyperparameter 'steps'"),
     "missing LPIPS weights": (["fc-leakage", "--set", "lpips_weights=/nope.pt"], "'/nope.pt' does not exist"),
     "missing dataset folder": (["dlg", "--set", "dataset=cifar10", "--set", "data_path=/nonexistent"], "/nonexistent"),
+    **{f"defense: {case}": args_message for case, args_message in DEFENSE_SIZE_ERRORS.items()},
 }
 
 
@@ -109,6 +138,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, out_dir: Path, cas
     assert result.code == 2
     assert result.err.count("\n") == 1 and message in result.err and "Traceback" not in result.err
     assert not out_dir.exists() or [p.name for p in out_dir.iterdir()] == []
+
+
+@pytest.mark.parametrize("case", sorted(DEFENSE_SIZE_ERRORS))
+def test_defense_settings_no_round_can_meet_are_refused_before_any_work(
+    cli, out_dir: Path, monkeypatch: pytest.MonkeyPatch, case: str,
+) -> None:
+    """Not after rounds of training: the runner refuses them before it loads the data."""
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was loaded before the defense settings were checked")
+
+    monkeypatch.setattr(gialab.runner, "load_dataset", no_data)
+    args, message = DEFENSE_SIZE_ERRORS[case]
+    result = cli("run", *args, "--out", str(out_dir))
+    assert result.code == 2 and message in result.err and result.err.count("\n") == 1, result.err
+    assert not out_dir.exists()
 
 
 def test_unreadable_dataset_folder(cli, tmp_path: Path) -> None:

@@ -143,6 +143,10 @@ def test_rounds_too_small_for_f_are_one_line_errors(name: str, f: int, n: int, c
     message = str(info.value)
     assert f"byzantine f={f}" in message and f"n={n}" in message and condition in message and "\n" not in message
     rule(_updates(_honest(n + 1, 0.01)), torch.Generator())  # one more client is enough
+    with pytest.raises(GialabError) as early:  # what the runner asks before the first round
+        rule.check_round_size(n)
+    assert str(early.value) == message
+    rule.check_round_size(n + 1)
 
 
 def test_the_cli_refuses_krum_with_too_many_byzantine_clients(cli, out_dir) -> None:

@@ -1,4 +1,4 @@
-"""The ``gialab`` command line: run, presets, catalog, demo.
+"""The ``gialab`` command line: run, presets, catalog, demo, matrix.
 
 User mistakes surface as one line on stderr and exit code 2 (``GialabError`` and click's usage
 errors); anything else is a bug and keeps its traceback.
@@ -126,6 +126,97 @@ def demo_command(
                     else f"psnr_mean={m['psnr_mean']:.2f} dB  fraction_recovered={m['fraction_recovered']:.2f}")
         out.print(f"{r.summary['attack']:20s} {headline}  {r.run_dir}")
     out.print(f"demo page: {index.resolve()}")
+
+
+@contextmanager
+def _matrix_bar(enabled: bool) -> Iterator[Callable[[int, int, int], None] | None]:
+    """One bar over the sweep's cells, with how many are done, running and left."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("cells"), BarColumn(), TextColumn("{task.completed} done, {task.fields[running]} running, "
+               "{task.fields[left]} left"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("cells", total=None, running=0, left="?")
+
+        def update(done: int, running: int, left: int) -> None:
+            bar.update(task, completed=done, total=done + running + left, running=running, left=left)
+
+        yield update
+
+
+@app.command("matrix")
+def matrix_command(
+    attacks: Annotated[list[str] | None, typer.Option(
+        "--attacks", metavar="PRESETS", help="attack presets, comma-separated or repeated "
+        "[default: fc-leakage,trap-weights: analytic attacks that take seconds]")] = None,
+    defenses: Annotated[list[str] | None, typer.Option(
+        "--defenses", metavar="COLUMNS", help="defense columns: none, a name, names joined by + or a YAML list, "
+        "comma-separated or repeated [default: none,dp_local,secure_aggregation]")] = None,
+    batch_sizes: Annotated[list[str] | None, typer.Option(
+        "--batch-sizes", metavar="SIZES", help="batch sizes, comma-separated [default: each preset's own]")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", metavar="N", help="seeds 0..N-1 per cell")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", metavar="N", help="cells at once: 1 runs in this process, more on local Ray "
+        "[default: 1, or every CPU of --ray-address]")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", metavar="ADDR",
+        help="run on an existing Ray cluster (host:port, ray://host:port or auto)")] = None,
+    profile: Annotated[str, typer.Option(
+        "--profile", metavar="preset|demo|quick",
+        help="attack budgets: preset, demo (as `gialab demo`) or quick (smoke test)")] = "preset",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted key=value for every cell, repeatable")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for results.sqlite and run folders")] = Path(
+        "runs/matrix"),
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="table|md|json",
+        help="output: a table, markdown (for papers and READMEs) or JSON")] = "table",
+) -> None:
+    """Run every attack x defense x batch size x seed cell; a re-run finishes only the missing cells."""
+    from gialab.errors import GialabError
+    from gialab.matrix import SweepSpec, collect, entries, markdown, parse_defense_columns, run_matrix, split_list
+    from gialab.matrix.table import as_json, grid
+    from gialab.report import database_path
+    from gialab.scenario import parse_assignment
+
+    if fmt not in ("table", "md", "json"):
+        raise GialabError(f"unknown format {fmt!r}; valid: json, md, table")
+    try:
+        sizes = tuple(int(b) for b in split_list(batch_sizes or []))
+    except ValueError:
+        raise GialabError(f"--batch-sizes takes whole numbers, got {','.join(batch_sizes or [])!r}") from None
+    spec = SweepSpec(
+        attacks=tuple(split_list(attacks or [])) or SweepSpec().attacks,
+        defenses=parse_defense_columns(defenses or []), batch_sizes=sizes, seeds=seeds,
+        profile=profile,  # type: ignore[arg-type]  # build_cells names the valid profiles
+        overrides=dict(parse_assignment(item) for item in set_ or []),
+    )
+    with _matrix_bar(fmt != "json" and sys.stderr.isatty()) as bar:
+        result = run_matrix(spec, out_dir, workers=workers, ray_address=ray_address, progress=bar)
+    records = collect(result.cells, database_path(result.out))
+    for cell, trace in result.failures:
+        err.print(f"cell {cell.run_id} failed (not stored; a re-run tries it again):\n{trace}", markup=False,
+                  highlight=False)
+    if fmt == "json":
+        typer.echo(json.dumps({"out": str(result.out.resolve()), "ran": result.ran, "skipped": result.skipped,
+                               "failed": len(result.failures), "cells": as_json(records)}, allow_nan=False))
+    elif fmt == "md":
+        typer.echo(markdown(entries(records)), nl=False)
+    else:
+        g = grid(entries(records))
+        table = Table(title=f"gialab matrix: {len(result.cells)} cells in {result.out}")
+        for i, name in enumerate(g.header):
+            table.add_column(name, justify="right" if i == 2 else "left")
+        for row in g.rows:
+            table.add_row(*row)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+        out.print(g.legend, highlight=False)
+        for reason, n in g.footnotes.items():
+            out.print(f"[{n}] {reason}", markup=False, highlight=False)
+        out.print(f"ran {result.ran}, skipped {result.skipped}, failed {len(result.failures)} "
+                  f"({result.seconds:.1f} s); database: {database_path(result.out)}", highlight=False)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 def main() -> None:

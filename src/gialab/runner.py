@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from pydantic import ValidationError
 
 from gialab.attacks.base import Attack, AttackContext, Progress, Reconstruction, no_progress
 from gialab.attacks.taxonomy import RECORDS
@@ -42,14 +41,14 @@ from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset
 from gialab.data.text import TEXT_DATASETS, TextDataset, decode, token_pieces
-from gialab.defenses import resolve_defenses
+from gialab.defenses import DefenseStack, resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.fl.malicious import MaliciousClient
 from gialab.metrics import score
 from gialab.metrics.dominance import target_cosine
-from gialab.metrics.isolation import isolation_scores
+from gialab.metrics.isolation import isolation_scores, update_isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
@@ -99,16 +98,9 @@ def _device(name: str) -> torch.device:
 
 def _build_attack(scenario: Scenario, progress: Progress) -> Attack:
     cls = get_attack(scenario.attack.name)
-    try:
-        params = cls.Params(**scenario.attack.hyperparameters)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(cls.Params.model_fields))
-            raise GialabError(f"attack {cls.name!r} has no hyperparameter {key!r}; valid: {valid}") from None
-        raise GialabError(f"attack.{key}: {err['msg']} (got {err.get('input')!r})") from None
-    context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress)
+    params = cls.parse_params(scenario.attack.hyperparameters)
+    context = AttackContext(device=_device(scenario.device), seed=scenario.seed, progress=progress,
+                            target=scenario.victim)
     return cls(params, context)
 
 
@@ -242,6 +234,63 @@ def _attacked_examples(
     return images, labels, pool
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    """A scenario that passed every check made before any work, with what the checks built."""
+
+    scenario: Scenario
+    threat: ThreatModel
+    defenses: DefenseStack
+    granted: frozenset[Capability]
+    attack: Attack
+    privacy: dict[str, dict[str, float | None]]
+
+
+def _load(scenario: str | Path | Scenario | Mapping[str, Any], overrides: dict[str, Any]) -> Scenario:
+    """Keyword overrides use ``__`` for dots; a ``set`` mapping holds dotted keys as they are."""
+    dotted = dict(overrides.pop("set", {}) or {})
+    dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_scenario(scenario, dotted)
+
+
+def _admit(scen: Scenario, progress: Progress) -> _Admitted:
+    """Everything refusable from the scenario alone: names, capabilities, sizes, hyperparameters."""
+    threat = get_threat_model(scen.threat_model)
+    defenses = resolve_defenses([d.compact() for d in scen.defenses])
+    round_size = scen.fl.clients_per_round or scen.clients
+    if round_size > scen.clients:
+        raise GialabError(f"fl.clients_per_round {round_size} exceeds the {scen.clients} clients; "
+                          f"use at most {scen.clients}")
+    defenses.check_round_size(round_size)
+    privacy = {d.name: d.privacy(scen.fl, clients=scen.clients, batch_size=scen.batch_size,
+                                 local_examples=scen.local_examples)
+               for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
+    granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
+    attack = _build_attack(scen, progress)
+    context = f"threat model {threat.name}" + (
+        f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
+    check_grants(attack.name, attack.requires, granted, context)
+    _check_modality(attack, scen.dataset)
+    attack.check_update_kind(scen.fl.update_kind)
+    if scen.victim >= scen.clients:
+        raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    _check_attackers(attack, scen)
+    if scen.pretrain_steps and scen.dataset in TEXT_DATASETS:
+        raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
+    if scen.lpips_weights is not None:
+        load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
+    return _Admitted(scen, threat, defenses, granted, attack, privacy)
+
+
+def check(scenario: str | Path | Scenario | Mapping[str, Any], **overrides: Any) -> Scenario:
+    """Refuse what ``run`` refuses before any work, without loading data or running a round.
+
+    The same checks ``run`` makes first, so a sweep can ask this of each cell: an incompatible
+    attack x defense pair is reported with its one-line reason in a fraction of a second.
+    """
+    return _admit(_load(scenario, overrides), no_progress).scenario
+
+
 def run(
     scenario: str | Path | Scenario | Mapping[str, Any],
     *,
@@ -255,30 +304,10 @@ def run(
     ``set={"attack.iterations": 50}`` mapping.
     """
     started = time.perf_counter()
-    dotted = dict(overrides.pop("set", {}) or {})
-    dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
-    scen = load_scenario(scenario, dotted)
-
-    # Everything refusable, before any work.
-    threat = get_threat_model(scen.threat_model)
-    defenses = resolve_defenses([d.compact() for d in scen.defenses])
-    privacy = {d.name: d.privacy(scen.fl, clients=scen.clients, batch_size=scen.batch_size,
-                                 local_examples=scen.local_examples)
-               for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
-    granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
-    attack = _build_attack(scen, progress or no_progress)
-    context = f"threat model {threat.name}" + (
-        f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
-    check_grants(attack.name, attack.requires, granted, context)
-    _check_modality(attack, scen.dataset)
-    attack.check_update_kind(scen.fl.update_kind)
-    if scen.victim >= scen.clients:
-        raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
-    _check_attackers(attack, scen)
-    if scen.pretrain_steps and scen.dataset in TEXT_DATASETS:
-        raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
-    if scen.lpips_weights is not None:
-        load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
+    admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
+    scen, threat, defenses, granted, attack = (
+        admitted.scenario, admitted.threat, admitted.defenses, admitted.granted, admitted.attack)
+    privacy = admitted.privacy
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
@@ -322,6 +351,9 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if reconstruction.isolated_update is not None:  # measured against what that client really sent
+        claimed = reconstruction.isolated_update
+        scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
     if reconstruction.target_class is not None and not text:
         scores.flat["target_cosine"] = target_cosine(
             transcript.aggregate, observation.model, true_images, true_labels)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from gialab.data.dataset import DataSpec
@@ -39,11 +39,14 @@ class AttackParams(BaseModel):
 
 @dataclass(frozen=True)
 class AttackContext:
-    """Run-time facilities an attack may use: where to compute, its own seed, a progress sink."""
+    """Run-time facilities an attack may use: where to compute, its own seed, a progress sink,
+    and the client it targets (the scenario's victim; a server that sends the victim a model of
+    its own, as model inconsistency does, must know whom before the first round)."""
 
     device: torch.device = torch.device("cpu")
     seed: int = 0
     progress: Progress = no_progress
+    target: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,21 @@ class IsolatedGradient:
     gradient: tuple[torch.Tensor, ...]
     model: nn.Module
     label: int
+
+
+@dataclass(frozen=True)
+class IsolatedUpdate:
+    """An aggregate an isolation attack claims is one client's own update (up to scale), so the
+    truth side can measure the claim against what that client really sent (``victim_update_cosine``).
+
+    ``update`` is the aggregate as observed, aligned with the parameters of the model ``client``
+    received; ``claimed`` lists the parameter indices the attack vouches for (the others it knows
+    still carry other clients' contributions).
+    """
+
+    client: int
+    update: tuple[torch.Tensor, ...]
+    claimed: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class Reconstruction:
     reference: torch.Tensor | None = None
     details: dict[str, float] = field(default_factory=dict)
     isolated: IsolatedGradient | None = None
+    isolated_update: IsolatedUpdate | None = None
     target_class: int | None = None
 
 
@@ -87,6 +106,24 @@ class Attack(ABC):
     smoke_overrides: ClassVar[dict[str, Any]] = {}
     # What the attack can invert: FedSGD's "gradient", FedAvg's "model_delta", or both.
     update_kinds: ClassVar[frozenset[str]] = frozenset({"gradient", "model_delta"})
+
+    @classmethod
+    def parse_params(cls, values: Mapping[str, Any], where: str = "attack") -> AttackParams:
+        """Validated hyperparameters; a mistake becomes one line naming ``where.<key>`` and what is valid.
+
+        ``where`` is the scenario key the values came from (``attack`` for the attack itself, e.g.
+        ``attack.inner_params`` for an attack another one wraps), so the message points at the YAML.
+        """
+        try:
+            return cls.Params(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                valid = ", ".join(sorted(cls.Params.model_fields))
+                raise GialabError(
+                    f"{where}: attack {cls.name!r} has no hyperparameter {key!r}; valid: {valid}") from None
+            raise GialabError(f"{where}.{key}: {err['msg']} (got {err.get('input')!r})") from None
 
     def __init__(self, params: AttackParams, context: AttackContext | None = None) -> None:
         self.params = params

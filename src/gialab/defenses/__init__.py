@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gialab.defenses.base import Aggregator, UpdateTransform
+from gialab.defenses.base import Aggregator, RoundSizeChecked, UpdateTransform
 from gialab.defenses.mean import WeightedMean
 from gialab.defenses.registry import DefenseParams, build_defense, defense_classes, register_defense
 from gialab.errors import GialabError
@@ -26,6 +26,12 @@ class DefenseStack:
     def aggregate_only(self) -> bool:
         """True when the server never sees a single client's update (e.g. secure aggregation)."""
         return not self.aggregator.reveals_individual
+
+    def check_round_size(self, participants: int) -> None:
+        """Ask every defense that depends on the round size whether ``participants`` clients work."""
+        for defense in (*self.transforms, self.aggregator):
+            if isinstance(defense, RoundSizeChecked):
+                defense.check_round_size(participants)
 
 
 def resolve_defenses(configs: Sequence[str | Mapping[str, Any]]) -> DefenseStack:

@@ -15,6 +15,12 @@ first round. ``CohortAware``: the protocol announces the round's participant cou
 clients train (distributed DP sizes each client's noise share by it). ``PrivacyAccounted``: the
 runner records the (epsilon, delta) the defense's setting guarantees in the run's JSON.
 
+``RoundSizeChecked``: a defense that works only for some round sizes n (secure aggregation's
+threshold t <= n, a robust rule's Byzantine budget f against n) says so before any work: the runner
+calls ``check_round_size`` with the planned participant count, so a scenario it can never run is
+refused with one line before the data is loaded, not after rounds of training. The check at
+aggregation time stays, for rounds a malicious server sizes itself.
+
 One optional hook on aggregators: ``ReportsAcceptance``. A Byzantine-robust rule decides which
 client updates it lets into the aggregate; the protocol records those client ids in the round's
 transcript (``RoundTranscript.accepted``), the server's own log, so whether a poisoned update
@@ -91,3 +97,12 @@ class PrivacyAccounted(Protocol):
     def privacy(
         self, setup: FLSetup, *, clients: int, batch_size: int, local_examples: int
     ) -> dict[str, float | None]: ...
+
+
+@runtime_checkable
+class RoundSizeChecked(Protocol):
+    """Refuses (``GialabError``, one line) a round of ``participants`` clients it cannot handle."""
+
+    name: str
+
+    def check_round_size(self, participants: int) -> None: ...

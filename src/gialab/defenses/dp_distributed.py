@@ -61,6 +61,9 @@ class DistributedDP:
     def __init__(self, params: DistributedDPParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        _check_cohort(self.params.clients or participants)
+
     def with_cohort(self, participants: int) -> DistributedDP:
         """This defense for a round of ``participants`` clients (kept if ``clients`` pins M)."""
         if self.params.clients is not None:

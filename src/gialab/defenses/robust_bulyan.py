@@ -61,6 +61,10 @@ class Bulyan:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        f = self.params.byzantine
+        require_clients(self.name, participants, f, "n >= 4f + 3", lambda n, f: n >= 4 * f + 3, 4 * f + 3)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -71,7 +75,7 @@ class Bulyan:
     ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
         """Bulyan's aggregate, and the clients its repeated-Krum stage kept as the ones accepted."""
         f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n >= 4f + 3", lambda n, f: n >= 4 * f + 3, 4 * f + 3)
+        self.check_round_size(len(updates))
         rows = stack_updates(updates)
         chosen = bulyan_selection(rows, f)
         selected = rows[chosen]

@@ -38,6 +38,10 @@ def trimmed_mean(rows: torch.Tensor, trim: int) -> torch.Tensor:
     return ordered[trim: rows.shape[0] - trim].mean(dim=0)
 
 
+def _require_majority(rule: str, n: int, f: int) -> None:
+    require_clients(rule, n, f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
+
+
 @register_defense
 class Median:
     """Coordinate-wise median of the round's updates."""
@@ -49,6 +53,9 @@ class Median:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        _require_majority(self.name, participants, self.params.byzantine)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -58,8 +65,7 @@ class Median:
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
         """The median, and the clients whose values are a middle value often enough (``robust_rule``)."""
-        f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
+        self.check_round_size(len(updates))
         rows = stack_updates(updates)
         n = rows.shape[0]
         ordered = rows.sort(dim=0).values
@@ -79,6 +85,9 @@ class TrimmedMean:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        _require_majority(self.name, participants, self.params.byzantine)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -89,7 +98,7 @@ class TrimmedMean:
     ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
         """The trimmed mean, and the clients whose values survive the trim often enough (``robust_rule``)."""
         f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n > 2f", lambda n, f: n > 2 * f, 2 * f + 1)
+        self.check_round_size(len(updates))
         rows = stack_updates(updates)
         n = rows.shape[0]
         ordered = rows.sort(dim=0).values

@@ -68,6 +68,13 @@ class FLTrust:
         self.params = params
         self.root_update = root_update
 
+    def check_round_size(self, participants: int) -> None:
+        """With ``root_client`` the root update is not aggregated, so a round needs another client."""
+        if self.root_update is None and participants < 2:
+            raise GialabError(
+                f"fltrust needs at least one client update besides the root update, but a round has n={participants}; "
+                "use clients >= 2")
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:

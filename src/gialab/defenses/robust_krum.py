@@ -67,6 +67,10 @@ class Krum:
     def __init__(self, params: ByzantineParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        f = self.params.byzantine
+        require_clients(self.name, participants, f, "n > 2f + 2", _krum_condition, 2 * f + 3)
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -77,7 +81,7 @@ class Krum:
     ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
         """The selected update, and its client as the one accepted."""
         f = self.params.byzantine
-        require_clients(self.name, len(updates), f, "n > 2f + 2", _krum_condition, 2 * f + 3)
+        self.check_round_size(len(updates))
         rows = stack_updates(updates)
         pick = krum_select(rows, f)
         return unflatten(rows[pick], updates[0]), client_ids(updates, [pick])
@@ -98,6 +102,13 @@ class MultiKrum:
     def __init__(self, params: MultiKrumParams) -> None:
         self.params = params
 
+    def check_round_size(self, participants: int) -> None:
+        f, n = self.params.byzantine, participants
+        require_clients(self.name, n, f, "n > 2f + 2", _krum_condition, 2 * f + 3)
+        m = self.params.select if self.params.select is not None else n - f
+        if m > n:
+            raise GialabError(f"multikrum select={m} exceeds the round's n={n} client updates; use select <= {n}")
+
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -108,10 +119,8 @@ class MultiKrum:
     ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
         """The mean of the ``select`` best-scored updates, and their clients as the ones accepted."""
         f, n = self.params.byzantine, len(updates)
-        require_clients(self.name, n, f, "n > 2f + 2", _krum_condition, 2 * f + 3)
+        self.check_round_size(n)
         m = self.params.select if self.params.select is not None else n - f
-        if m > n:
-            raise GialabError(f"multikrum select={m} exceeds the round's n={n} client updates; use select <= {n}")
         rows = stack_updates(updates)
         chosen = krum_scores(rows, f).argsort(stable=True)[:m]
         return unflatten(rows[chosen].mean(dim=0), updates[0]), client_ids(updates, chosen.tolist())

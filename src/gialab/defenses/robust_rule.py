@@ -9,8 +9,9 @@ client that claimed a huge count would get back the influence the rule is there 
 follows the papers, which all aggregate over clients.
 
 Each rule tolerates at most a known number f of Byzantine clients out of the n in a round (Krum
-needs n > 2f + 2, ...). ``n`` is only known when the round's updates arrive, so the check runs at
-aggregation time and fails with one line naming n, f and the rule's condition. These rules
+needs n > 2f + 2, ...). Each rule's ``check_round_size`` fails with one line naming n, f and the
+rule's condition; the runner calls it with the planned round size before any work, and the rule
+calls it again on the updates that arrive (a malicious server may size a round itself). These rules
 reveal every individual update to the server: they defend the model against clients, not the
 clients against a curious server (survey section 2.2), so ``reveals_individual`` stays True.
 

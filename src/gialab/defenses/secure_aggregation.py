@@ -16,8 +16,9 @@ Design choices, and why:
   example-weighted mean over the clients whose masked input arrived. ``late_dropouts`` vanish
   after sending it: their input is in the aggregate (the server rebuilds their self mask from the
   others' shares). More than n - t dropouts in all abort the round with a one-line error, as the
-  protocol must. The protocol still records every participant's update in the transcript; only
-  the aggregate reaches an attacker under this aggregator.
+  protocol must; a scenario that asks for that many is refused before its first round
+  (``check_round_size``). The protocol still records every participant's update in the
+  transcript; only the aggregate reaches an attacker under this aggregator.
 * Threshold. Default max(n // 2 + 1, ceil(2n / 3)); any t with n // 2 + 1 <= t <= n is accepted.
   More than half is required so that no two disjoint groups of clients can each answer the
   server, which is what would let a server that lies about who dropped out obtain both the
@@ -118,6 +119,15 @@ class SecureAggregation:
                 f"secure_aggregation threshold t={t} is not more than half of the n={clients} clients; "
                 f"use {low}..{clients}")
         return t
+
+    def check_round_size(self, participants: int) -> None:
+        """Refuse a round of n clients the protocol cannot finish: t outside n//2+1..n, or > n - t dropouts."""
+        t = self.threshold_for(participants)
+        dropped = self.params.dropouts + self.params.late_dropouts
+        if dropped > participants - t:
+            raise GialabError(
+                f"secure_aggregation with threshold t={t} survives at most n - t = {participants - t} dropouts of the "
+                f"n={participants} clients, but dropouts + late_dropouts = {dropped}; drop fewer or lower the threshold")
 
     def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         ordered = sorted(updates, key=lambda u: u.client_id)

@@ -1,4 +1,4 @@
-"""How well an isolation attack isolated one sample: truth-side, never seen by the attack.
+"""How well an isolation attack isolated one sample or one client: truth-side, never seen by the attack.
 
 Wen et al. 2022 (fishing) judge isolation by the cosine similarity of the isolated gradient to the
 target's own single-sample gradient. The attack cannot compute it (it would need the private
@@ -6,6 +6,12 @@ sample), so it hands over what it isolated (:class:`gialab.attacks.base.Isolated
 module compares it with every true sample's own gradient through the same model and label.
 The best match is the target; the margin over the second best says whether the isolation
 actually singled it out (through one model, unrelated samples' gradients can be very similar).
+
+An attack that isolates a whole client (Pasquini et al. 2022, model inconsistency: every other
+client's update is made to vanish, so the secure-aggregation sum is the victim's) hands over the
+aggregate instead (:class:`gialab.attacks.base.IsolatedUpdate`), and ``update_isolation_scores``
+compares it with what that client really sent, its whole-batch update (after any client-side
+defense), on the parameters the attack vouches for and on all of them.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # the contract type only; metrics import no attack code
-    from gialab.attacks.base import IsolatedGradient
+if TYPE_CHECKING:  # the contract types only; metrics import no attack code
+    from gialab.attacks.base import IsolatedGradient, IsolatedUpdate
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -44,3 +50,31 @@ def isolation_scores(isolated: IsolatedGradient, images: torch.Tensor) -> dict[s
     best = cosines[ranked[0]]
     margin = best - cosines[ranked[1]] if len(ranked) > 1 else None
     return {"isolation_cosine": best, "isolation_margin": margin, "isolation_index": float(ranked[0])}
+
+
+def update_isolation_scores(
+    isolated: IsolatedUpdate, true_update: Sequence[torch.Tensor]
+) -> dict[str, float | None]:
+    """``victim_update_cosine``: cosine of the aggregate to the client's true update over the
+    parameters the attack claims; ``victim_update_cosine_all``: the same over every parameter
+    (what other clients still leave in the aggregate shows here); ``victim_update_claimed``: the
+    share of the update's entries the attack claims. Cosines are ``None`` for a zero vector."""
+    if len(isolated.update) != len(true_update):
+        raise ValueError(f"the isolated update has {len(isolated.update)} tensors, the client sent {len(true_update)}")
+    claimed = sorted(set(isolated.claimed))
+
+    def cosine(indices: Sequence[int]) -> float | None:
+        if not indices:
+            return None
+        a = _flat([isolated.update[i] for i in indices])
+        b = _flat([true_update[i] for i in indices])
+        if a.norm() == 0 or b.norm() == 0:
+            return None
+        return min(1.0, max(-1.0, float(F.cosine_similarity(a, b, dim=0))))  # float64 can overshoot 1
+
+    total = sum(t.numel() for t in true_update)
+    return {
+        "victim_update_cosine": cosine(claimed),
+        "victim_update_cosine_all": cosine(range(len(true_update))),
+        "victim_update_claimed": sum(true_update[i].numel() for i in claimed) / total if total else 0.0,
+    }

@@ -1,0 +1,1 @@
+"""Bridges to optional outside systems (Ray for sweeps); each imports its library only when used."""
