@@ -40,6 +40,7 @@ from gialab.attacks.taxonomy import RECORDS
 from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset
+from gialab.data.registry import class_count
 from gialab.data.text import TEXT_DATASETS, TextDataset, decode, token_pieces
 from gialab.defenses import DefenseStack, resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
@@ -207,18 +208,16 @@ def _attacked_examples(
     """The private examples a reconstruction claims (images, labels) and the IIP pool.
 
     Claimed are its source's examples, or those behind the aggregate: in a run with malicious
-    clients the other participants' examples, only those the rule accepted where it says (Krum's
-    aggregate is one client's update), and only the ``target_class`` ones for a class-targeted
-    attack. The pool is then every example behind the aggregate, so identifying a recovered image
-    means telling it from the other images of the round, not only from the other claimed ones;
-    otherwise it is None (the claimed batch).
+    clients the other participants' examples (a rule that keeps only some updates, as Krum keeps
+    one, hides the rest from the attack, and the scores show it), and only the ``target_class``
+    ones for a class-targeted attack. The pool is then all those participants' examples, so
+    identifying a recovered image means telling it from the other images of the round, not only
+    from the other claimed ones; otherwise it is None (the claimed batch).
     """
     if reconstruction.source is not None:
         sources = [reconstruction.source]
     else:
         sources = [c for c in transcript.participants if c not in attackers]
-        if attackers and transcript.accepted is not None:
-            sources = [c for c in sources if c in transcript.accepted]
     images = torch.cat([truth.batches[c].images for c in sources]) if sources else torch.zeros(0)
     labels = torch.cat([truth.batches[c].labels for c in sources]) if sources else torch.zeros(0, dtype=torch.long)
     pool = None
@@ -275,6 +274,9 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
     _check_attackers(attack, scen)
+    classes = class_count(scen.dataset)
+    if classes is not None:
+        attack.check_classes(classes, scen.dataset)
     if scen.pretrain_steps and scen.dataset in TEXT_DATASETS:
         raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
     if scen.lpips_weights is not None:

@@ -139,6 +139,13 @@ class Attack(ABC):
         raise GialabError(f"{self.name} inverts FedAvg model deltas; this scenario sends FedSGD gradients "
                           "(set fl.algorithm=fedavg, or use an attack on gradients)")
 
+    def check_classes(self, num_classes: int, dataset: str) -> None:
+        """Raise ``GialabError`` when hyperparameters name a class ``dataset`` lacks; default: no check.
+
+        Asked before any work where the class count is known from the name (built-in sets, CIFAR),
+        so a class-targeted attack refuses a bad class in a fraction of a second.
+        """
+
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         """Raise ``GialabError`` when this attack cannot handle ``model``; default: any model."""
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -63,7 +63,7 @@ from torch.func import replace_all_batch_norm_modules_
 
 from gialab.attacks.base import Attack, AttackContext, AttackParams, Reconstruction
 from gialab.attacks.client.stealthy_update import Blend, blend
-from gialab.attacks.optimization.inverting_gradients import make_objective
+from gialab.attacks.optimization.inverting_gradients import make_objective, restart_init, signed_adam
 from gialab.attacks.optimization.label_inference import last_linear_index
 from gialab.attacks.optimization.objective import Regularizers
 from gialab.attacks.registry import register
@@ -136,11 +136,15 @@ class CGI(Attack):
 
     # --- before round 1 -----------------------------------------------------------------------
 
+    def check_classes(self, num_classes: int, dataset: str) -> None:
+        p: CGIParams = self.params  # type: ignore[assignment]
+        if p.target_class >= num_classes:
+            raise GialabError(f"attack.target_class {p.target_class} is not a class of dataset {dataset!r}; "
+                              f"valid: 0..{num_classes - 1}")
+
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         p: CGIParams = self.params  # type: ignore[assignment]
-        if p.target_class >= data.num_classes:
-            raise GialabError(f"cgi: target_class {p.target_class} is not a class of dataset {data.name!r}; "
-                              f"valid: 0..{data.num_classes - 1}")
+        self.check_classes(data.num_classes, data.name)
         if p.batch_size is None:
             layer, _ = last_linear_index(model)
             if layer.bias is None:
@@ -275,7 +279,10 @@ class CGI(Attack):
         step = make_objective(model, aggregate, labels, "cosine", reg, p.restarts)  # eqs. 19, 21
         spec = observation.data
         start = time.perf_counter()
-        images, distances, x0 = self._optimize(step, (n, *spec.shape), spec, p)
+        mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
+        x0 = restart_init(self.context.seed, p.restarts, (n, *spec.shape), mean, std).to(device)
+        images, distances, _ = signed_adam(step, x0, mean.view(-1, 1, 1), std.view(-1, 1, 1), lr=p.lr,
+                                           iterations=p.iterations, progress=self.context.progress)
         best = int(torch.where(torch.isfinite(distances), distances, torch.inf).argmin())
         details = {
             "target_class": float(p.target_class), "target_count_estimate": estimate, "recovered_count": float(n),
@@ -316,32 +323,3 @@ class CGI(Attack):
         with torch.no_grad():
             probs = F.softmax(model(own.images[mine].to(_device(model))), dim=1)
         return float(probs[:, p.target_class].mean())
-
-    def _optimize(
-        self, step: Callable[[Tensor], tuple[Tensor, Tensor]], shape: tuple[int, ...], spec: DataSpec, p: CGIParams,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Geiping et al.'s optimizer on eq. (19): signed Adam on the normalized images ``(x - mean) / std``
-        (so ``lr`` means what it means in ``inverting-gradients``), step decay, projection into [0, 1]."""
-        device = self.context.device
-        mean = torch.tensor(spec.mean, device=device).view(-1, 1, 1)
-        std = torch.tensor(spec.std, device=device).view(-1, 1, 1)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(self.context.seed * 7919 + r))
-                             for r in range(p.restarts)]).to(device)
-        low, high = -mean / std, (1 - mean) / std
-        z = torch.max(torch.min(noise, high), low).requires_grad_(True)
-        x0 = mean + std * z.detach()
-        optimizer = torch.optim.Adam([z], lr=p.lr)
-        milestones = [int(p.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-        for it in range(1, p.iterations + 1):
-            g, _ = step(mean + std * z.detach())
-            z.grad = g.sign()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                torch.max(torch.min(z, high), low, out=z)
-            if it % 25 == 0 or it == p.iterations:
-                self.context.progress(it, p.iterations)
-        images = mean + std * z.detach()
-        _, distances = step(images)
-        return images, distances.detach().reshape(-1), x0
