@@ -27,6 +27,9 @@ logs the ids in the round's transcript), so that an attack on the rule can be me
   two for the median, ranks f .. n - f - 1 for the trimmed mean) in at least half as many
   coordinates as a client's fair share (kept values per coordinate / n). An honest client sits
   near its fair share in every round; an update the rule cuts away (an outlier) sits near zero.
+  This counts coordinates, not magnitude: an update that differs from the honest ones in a few
+  coordinates only (a poison confined to the last layer) is accepted while exactly those
+  coordinates are cut, so whether a poison took must be read from its effect on the model.
 """
 
 from __future__ import annotations

@@ -16,14 +16,18 @@ Poisoning, every round but the last (``craft_update``, run on the client's devic
   received, on the client's own data, that *maximizes* the cross-entropy of its target-class
   examples while minimizing it on the others (so the rest of the model stays useful and the
   other classes' examples stay quiet);
-* eq. (15) ``delta_poi = Phi_G^t - Phi_mal``; eq. (16) ``delta_agg = (Phi_G^{t-1} - Phi_G^t) / alpha``,
-  the last aggregate, read off the two models the client last received (``alpha``: the server's
-  step, FedSGD's learning rate, 1 under FedAvg; the first round uses the benign update instead);
-* eq. (17) ``delta_mal = rho delta_poi / |delta_poi| + beta delta_benign`` with the client's honest
+* eq. (15) ``delta_poi = Phi_G^t - Phi_mal``; eq. (16) ``delta_agg``, the client's estimate of the
+  aggregate: by default (``reference=benign``) the mean of the honest updates of its own data cut
+  into batches of the round's size; with ``reference=previous`` the paper's
+  ``(Phi_G^{t-1} - Phi_G^t) / alpha``, the last aggregate read off the two models it last received
+  (``alpha``: the server's step, FedSGD's learning rate, 1 under FedAvg);
+* eq. (17) ``delta_mal = rho delta_poi / |delta_poi| + beta delta_benign`` with that mean honest
   update as ``delta_benign``, and eq. (18) ``(rho, beta)`` against ``|delta_mal - delta_agg|``: the
-  most poison whose distance to the aggregate is at most ``stealth`` times the client's own
-  benign update's distance to it (``stealthy_update.blend``; an honest update at that distance
-  passes the robust rules, so the crafted one does too). ``stealth = 0`` is eq. (18)'s minimizer.
+  most poison whose distance to the aggregate is at most ``stealth`` times the spread of its own
+  batches' honest updates around their mean (``stealthy_update.blend``). The intent is that an
+  update no further from the aggregate than an honest one passes the robust rules; whether it
+  does is measured, not assumed (``poison_survival``, ``bench/cgi.py``). ``stealth = 0`` is
+  eq. (18)'s minimizer.
 
 The last round (``fl.rounds - 1``) is the one inverted: the client then sends the honest update
 of its own non-target examples only, so the aggregate it inverts holds neither its poison nor
@@ -31,10 +35,10 @@ any target-class image of its own. Reconstruction (``reconstruct``): eq. (20) is
 the threat model grants (``observe_aggregate``: the change of the global model), and eq. (19)
 matches it with the gradient (eq. 21) of ``batch_size`` dummy images of the target class through
 the model of that round, by cosine distance plus total variation, pixel L2 and the box penalty
-(``optimization/objective.py``), optimized as in Geiping et al. 2020 (the method Wei et al. use):
-Adam on the sign of the objective's gradient, the step decayed 10x at 3/8, 5/8 and 7/8 of the
-iterations, pixels projected into [0, 1] after every step (so the box penalty is only a soft
-guard before the projection).
+(``optimization/objective.py``, via Inverting Gradients' ``make_objective``), optimized by
+Inverting Gradients' own ``signed_adam`` (Geiping et al. 2020, the method Wei et al. use): Adam on
+the sign of the objective's gradient, the step decayed 10x at 3/8, 5/8 and 7/8 of the iterations,
+pixels projected into [0, 1] after every step (so the box penalty is only a soft guard).
 
 How many target images the aggregate holds (``batch_size`` unset): read off the last layer's bias
 gradient, ``dL/db_c = mean_n (p_nc - [y_n = c])``, with the mean softmax ``p_c`` estimated on the

@@ -7,7 +7,8 @@ picks ``(rho, beta)`` against ``|delta_mal - delta_agg|_2`` (eq. 18), the distan
 of the aggregate. Byzantine-robust rules accept what looks like the honest majority: Krum and
 Multi-Krum pick updates with close neighbours, the median and trimmed mean keep values in the
 middle of each coordinate's range, FLTrust keeps updates pointing the way of the server's own.
-An update close to the aggregate passes all of them.
+An update close to the aggregate is what they
+are built to let in (whether CGI's is, is measured: ``bench/cgi.py``).
 
 Eq. (18) alone is minimized by projecting ``delta_agg`` onto ``span{u, b}``, which gives the poison
 whatever small weight the aggregate happens to have along ``u``: stealthy, and almost no poison.
