@@ -85,9 +85,9 @@ def test_a_stealthy_update_survives_multikrum_and_a_blatant_one_does_not(out_dir
 @pytest.mark.parametrize(("overrides", "message"), [
     (["attack.target_class=10"], "attack.target_class 10 is not a class of dataset 'digits'; valid: 0..9"),
     (["dataset=faces", "attack.target_class=2"], "attack.target_class 2 is not a class of dataset 'faces'; valid: 0..1"),
-    (["attacker=null"], "acts as a malicious client; set attacker"),
-    (["attacker=8"], "attacker 8 is not a client; valid ids: 0..7"),
-    (["attacker=[6,6]"], "attacker lists a client twice"),
+    (["malicious_clients=null"], "acts as a malicious client; set malicious_clients"),
+    (["malicious_clients=8"], "malicious client 8 is not a client; valid ids: 0..7"),
+    (["malicious_clients=[6,6]"], "malicious_clients lists a client twice"),
     (["threat_model=honest-but-curious-server"], "needs capability poison_own_update"),
     (["attack.stealth=-1"], "attack.stealth"),
 ])
@@ -100,7 +100,7 @@ def test_bad_input_is_one_line_and_exit_code_2(cli, out_dir: Path, overrides: li
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
-def test_an_attacker_only_client_side_attacks_use_is_refused(cli, out_dir: Path) -> None:
-    result = cli("run", "idlg", "--set", "attacker=0", "--out", str(out_dir))
+def test_malicious_clients_on_a_server_side_attack_are_refused(cli, out_dir: Path) -> None:
+    result = cli("run", "idlg", "--set", "malicious_clients=0", "--out", str(out_dir))
     assert result.code == 2 and "not a client-side attack" in result.err
     assert len(result.err.strip().splitlines()) == 1

@@ -6,12 +6,19 @@ scenario -> data, model, clients -> protocol rounds -> threat gate (Observation)
 Everything that can be refused (names, capabilities, sizes, the output folder, the model the
 attack must handle) is checked before the first round, so a user mistake costs seconds.
 
-A client-side attack (``poison_own_update``) takes the place of the ``attacker`` client or clients
+A client-side attack (``poison_own_update``) takes the place of the ``malicious_clients``
 (``fl.malicious.MaliciousClient``): the victims are all other participants, the attack observes
-the rounds the first attacker takes part in, and the run reports how often the aggregation rule
+the rounds the first of them takes part in, and the run reports how often the aggregation rule
 accepted the crafted updates (``poison_survival``: the share of rounds with a crafted update, the
 inverted round aside, in which the rule accepted at least one; read from the server's log,
 which the attacker does not see).
+
+A client-side model audit (``defenses=[model_audit]``) may make the victim refuse the model it
+is sent. A round the victim refused gives the attacker nothing of it and is not observed; if the
+victim refused every round it was sampled in, the attack is not run and the run still completes,
+scoring an empty reconstruction against the batch the victim kept (``metrics.victim_refused`` is
+1, ``fraction_recovered`` 0). The run's JSON lists every refusal with its reasons (``audit``):
+a defense that stops the attack is a result to record, not a user mistake.
 
 Text runs take the same path with three substitutions: clients hold token ids where images
 would be (their own ids are the targets, shifted, of a causal language model's ``lm_loss``);
@@ -47,6 +54,8 @@ from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
 from gialab.fl.malicious import MaliciousClient
+from gialab.fl.gossip import GossipProtocol, GossipTranscript
+from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
 from gialab.metrics.dominance import target_cosine
 from gialab.metrics.isolation import isolation_scores, update_isolation_scores
@@ -55,6 +64,7 @@ from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
 from gialab.models.pretrain import pretrain
 from gialab.models.transformer import check_vocabulary, lm_loss
+from gialab.peer_threat import peer_attacker, peer_grants
 from gialab.report import (
     atomic_folder, database_path, ensure_writable, insert_run, new_run_id, save_grid, write_run_report,
 )
@@ -136,58 +146,75 @@ def _check_modality(attack: Attack, dataset: str) -> None:
         raise GialabError(f"attack {attack.name!r} reconstructs {wanted}; dataset {dataset!r} does not hold them")
 
 
+@dataclass(frozen=True)
+class _Rounds:
+    """The rounds' outcome for the victim: the round attacked (None if the victim never sent an
+    update), the last round it refused (its transcript and truth), and every refusal."""
+
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None
+    last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None
+    refusals: list[dict[str, Any]]
+
+
 def _attacked_round(
-    protocol: Protocol, attack: Attack, scenario: Scenario, spec: DataSpec, granted: frozenset[Capability],
-    threat: ThreatModel,
-) -> tuple[Observation, RoundTranscript, RoundTruth]:
-    """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim takes part in.
+    protocol: Protocol | GossipProtocol, attack: Attack, scenario: Scenario, spec: DataSpec,
+    granted: frozenset[Capability], threat: ThreatModel, attacker: int | None = None,
+) -> _Rounds:
+    """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim sends an update in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
     granted capabilities before the round runs. Every round the victim joins is observed through
-    the threat gate and told to the attack, so multi-query attacks can adapt their next plan.
+    the threat gate and told to the attack, so multi-query attacks can adapt their next plan;
+    a round whose model the victim refused (a model audit flagged it) is not.
     """
-    attacked: tuple[Observation, RoundTranscript, RoundTruth] | None = None
-    target = scenario.attackers[0] if scenario.attackers else scenario.victim
+    attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
+    last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None = None
+    refusals: list[dict[str, Any]] = []
+    target = scenario.malicious_ids[0] if scenario.malicious_ids else scenario.victim
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
             check_grants(attack.name, plan_capabilities(plan, protocol.global_model), granted,
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
-        if target in transcript.participants:
+        refusals += [{"round": transcript.round, "client": c, "reasons": r} for c, r in transcript.refused.items()]
+        if target in transcript.refused:
+            last_refused = (transcript, truth)
+        elif target in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=target, side_information=scenario.side_information,
+                target=target, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
-    if attacked is None:
-        who = "attacker" if scenario.attackers else "victim"
+    if attacked is None and last_refused is None:
+        who = "malicious client" if scenario.malicious_ids else "victim"
         raise GialabError(
             f"{who} {target} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
-    return attacked
+    return _Rounds(attacked, last_refused, refusals)
 
 
 def _check_attackers(attack: Attack, scenario: Scenario) -> None:
     """A client-side attack needs clients to act as; anything else must not name one."""
     acts_as_client = Capability.POISON_OWN_UPDATE in attack.requires
     valid = f"0..{scenario.clients - 1}"
-    if acts_as_client and not scenario.attackers:
-        raise GialabError(f"attack {attack.name!r} acts as a malicious client; set attacker to a client id ({valid})")
-    if not scenario.attackers:
+    if acts_as_client and not scenario.malicious_ids:
+        raise GialabError(f"attack {attack.name!r} acts as a malicious client; set malicious_clients to a client id ({valid})")
+    if not scenario.malicious_ids:
         return
     if not acts_as_client:
-        raise GialabError(f"attacker is set but attack {attack.name!r} is not a client-side attack; remove attacker")
-    for cid in scenario.attackers:
+        raise GialabError(f"malicious_clients is set but attack {attack.name!r} is not a client-side attack; "
+                          "remove malicious_clients")
+    for cid in scenario.malicious_ids:
         if cid >= scenario.clients:
-            raise GialabError(f"attacker {cid} is not a client; valid ids: {valid}")
-    if len(set(scenario.attackers)) != len(scenario.attackers):
-        raise GialabError(f"attacker lists a client twice: {list(scenario.attackers)}")
-    if len(scenario.attackers) >= scenario.clients:
+            raise GialabError(f"malicious client {cid} is not a client; valid ids: {valid}")
+    if len(set(scenario.malicious_ids)) != len(scenario.malicious_ids):
+        raise GialabError(f"malicious_clients lists a client twice: {list(scenario.malicious_ids)}")
+    if len(scenario.malicious_ids) >= scenario.clients:
         raise GialabError(f"attack {attack.name!r} needs honest clients besides the attackers; "
-                          f"use clients > {len(scenario.attackers)}")
+                          f"use clients > {len(scenario.malicious_ids)}")
 
 
 def _poison_survival(
@@ -217,7 +244,7 @@ def _attacked_examples(
     if reconstruction.source is not None:
         sources = [reconstruction.source]
     else:
-        sources = [c for c in transcript.participants if c not in attackers]
+        sources = [c for c in transcript.answered if c not in attackers]
     images = torch.cat([truth.batches[c].images for c in sources]) if sources else torch.zeros(0)
     labels = torch.cat([truth.batches[c].labels for c in sources]) if sources else torch.zeros(0, dtype=torch.long)
     pool = None
@@ -243,6 +270,8 @@ class _Admitted:
     granted: frozenset[Capability]
     attack: Attack
     privacy: dict[str, dict[str, float | None]]
+    topology: Topology | None  # None: the server-based star
+    attacker: int | None  # the curious peer node under a gossip topology
 
 
 def _load(scenario: str | Path | Scenario | Mapping[str, Any], overrides: dict[str, Any]) -> Scenario:
@@ -266,6 +295,13 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
                for d in defenses.transforms if isinstance(d, PrivacyAccounted)}
     granted = granted_capabilities(threat, scen.extra_capabilities, aggregate_only=defenses.aggregate_only)
     attack = _build_attack(scen, progress)
+    topology = build_topology(scen.fl, scen.clients, scen.seed)
+    attacker = peer_attacker(topology, threat.name, scen.attacker, scen.victim, scen.clients, defenses)
+    if topology is not None and defenses.audits:
+        raise GialabError(f"model audits {[a.name for a in defenses.audits]} check a server's broadcast; "
+                          f"fl.topology={scen.fl.topology} has no server (use fl.topology=star)")
+    if topology is not None and attacker is not None:
+        granted = peer_grants(granted, topology, attacker, scen.victim, attack.name, attack.requires)
     context = f"threat model {threat.name}" + (
         f" with defenses [{', '.join(d.name for d in scen.defenses)}]" if scen.defenses else "")
     check_grants(attack.name, attack.requires, granted, context)
@@ -281,7 +317,7 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
         raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
     if scen.lpips_weights is not None:
         load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
-    return _Admitted(scen, threat, defenses, granted, attack, privacy)
+    return _Admitted(scen, threat, defenses, granted, attack, privacy, topology, attacker)
 
 
 def check(scenario: str | Path | Scenario | Mapping[str, Any], **overrides: Any) -> Scenario:
@@ -309,7 +345,7 @@ def run(
     admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
     scen, threat, defenses, granted, attack = (
         admitted.scenario, admitted.threat, admitted.defenses, admitted.granted, admitted.attack)
-    privacy = admitted.privacy
+    privacy, topology, attacker = admitted.privacy, admitted.topology, admitted.attacker
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
@@ -325,24 +361,34 @@ def run(
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
     malicious = [MaliciousClient(c, clients[c].local_data().images, clients[c].local_data().labels,
-                                 attack.craft_update) for c in scen.attackers]
+                                 attack.craft_update) for c in scen.malicious_ids]
     if malicious:
         attack.join({m.client_id: m.local_data() for m in malicious}, data.spec)
         for m in malicious:
             clients[m.client_id] = m
-    protocol = Protocol(
-        model, clients, scen.fl, batch_size=scen.batch_size,
-        transforms=defenses.transforms, aggregator=defenses.aggregator, seed=scen.seed,
-        **({"loss_fn": lm_loss} if text else {}),
+    loss = {"loss_fn": lm_loss} if text else {}
+    protocol: Protocol | GossipProtocol = (
+        Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
+                 aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits, **loss)
+        if topology is None else
+        GossipProtocol(model, clients, scen.fl, topology, batch_size=scen.batch_size,
+                       transforms=defenses.transforms, seed=scen.seed, **loss)
     )
-    observation, transcript, truth = _attacked_round(protocol, attack, scen, data.spec, granted, threat)
+    rounds = _attacked_round(protocol, attack, scen, data.spec, granted, threat, attacker)
 
     attack_started = time.perf_counter()
-    reconstruction = attack.reconstruct(observation)
+    if rounds.attacked is not None:
+        _, transcript, truth = rounds.attacked
+        reconstruction = attack.reconstruct(rounds.attacked[0])
+    else:  # the victim refused every model it was sent: the attacker has nothing of it
+        transcript, truth = rounds.last_refused  # type: ignore[misc]
+        empty = torch.zeros((0, *data.spec.shape), dtype=torch.long if text else torch.float32)
+        reconstruction = Reconstruction(images=empty, labels=None, source=scen.victim,
+                                        details={"victim_refused": 1.0})
     attack_seconds = time.perf_counter() - attack_started
 
     # Metrics: the only place where ground truth meets the reconstruction.
-    true_images, true_labels, pool = _attacked_examples(reconstruction, transcript, truth, scen.attackers)
+    true_images, true_labels, pool = _attacked_examples(reconstruction, transcript, truth, scen.malicious_ids)
     if text:
         scores = score_text(reconstruction.images, true_images, decode=decode, pieces=token_pieces)
     else:
@@ -353,12 +399,14 @@ def run(
         )
     if reconstruction.isolated is not None:
         scores.flat.update(isolation_scores(reconstruction.isolated, true_images))
+    if defenses.audits:
+        scores.flat["victim_refused"] = float(rounds.attacked is None)
     if reconstruction.isolated_update is not None:  # measured against what that client really sent
         claimed = reconstruction.isolated_update
         scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
     if reconstruction.target_class is not None and not text:
         scores.flat["target_cosine"] = target_cosine(
-            transcript.aggregate, observation.model, true_images, true_labels)
+            transcript.aggregate, rounds.attacked[0].model, true_images, true_labels)  # type: ignore[index]
     if malicious:
         scores.flat.update(_poison_survival(malicious, protocol.acceptance_log, transcript.round))
     order = torch.as_tensor(scores.order)
@@ -376,6 +424,8 @@ def run(
         "fl_setup": {"algorithm": scen.fl.algorithm, "clients": scen.clients, **scen.fl.model_dump(exclude={"algorithm"})},
         "defenses": [d.compact() for d in scen.defenses],
         **({"defense_report": privacy} if privacy else {}),
+        **({"audit": {"victim_refused": rounds.attacked is None, "refusals": rounds.refusals}}
+           if defenses.audits else {}),
         "n_samples": int(true_images.shape[0]),
         "metrics": scores.flat,
         "runtime_s": 0.0,

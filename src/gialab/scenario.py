@@ -76,8 +76,10 @@ class Scenario(BaseModel):
     extra_capabilities: tuple[Capability, ...] = ()
     side_information: tuple[SideInformation, ...] = ()
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
-    attacker: NonNegativeInt | tuple[NonNegativeInt, ...] | None = Field(None, description=(
-        "the malicious client's id, or the ids of coordinated ones (client-side attacks; the victims are "
+    attacker: NonNegativeInt | None = Field(
+        None, description="the curious node under a gossip fl.topology; default the victim's lowest-numbered neighbour")
+    malicious_clients: NonNegativeInt | tuple[NonNegativeInt, ...] | None = Field(None, description=(
+        "client-side attacks: the malicious client's id, or the ids of coordinated ones (the victims are "
         "all other clients)"))
     attack: AttackConfig
     defenses: tuple[DefenseConfig, ...] = ()
@@ -90,11 +92,11 @@ class Scenario(BaseModel):
         return self.examples_per_client or self.batch_size
 
     @property
-    def attackers(self) -> tuple[int, ...]:
+    def malicious_ids(self) -> tuple[int, ...]:
         """The malicious clients' ids (empty when no client is malicious)."""
-        if self.attacker is None:
+        if self.malicious_clients is None:
             return ()
-        return (self.attacker,) if isinstance(self.attacker, int) else tuple(self.attacker)
+        return (self.malicious_clients,) if isinstance(self.malicious_clients, int) else tuple(self.malicious_clients)
 
 
 def _preset_dir() -> Any:

@@ -1,4 +1,4 @@
-"""The two shapes a defense can take inside the protocol.
+"""The shapes a defense can take inside the protocol.
 
 A client-side ``UpdateTransform`` (DP noise, clipping, compression) changes one client's update
 before it leaves the client; an ``Aggregator`` (mean, secure aggregation, robust rules) turns the
@@ -15,6 +15,11 @@ first round. ``CohortAware``: the protocol announces the round's participant cou
 clients train (distributed DP sizes each client's noise share by it). ``PrivacyAccounted``: the
 runner records the (epsilon, delta) the defense's setting guarantees in the run's JSON.
 
+A ``ModelAudit`` acts before training instead of after it: the client inspects the model it
+received (and its own batch's activations through it) against the commitment the server
+published for the round, and a model with any finding is refused: the client sends no update
+that round, and the transcript records why (``RoundTranscript.refused``).
+
 ``RoundSizeChecked``: a defense that works only for some round sizes n (secure aggregation's
 threshold t <= n, a robust rule's Byzantine budget f against n) says so before any work: the runner
 calls ``check_round_size`` with the planned participant count, so a scenario it can never run is
@@ -30,6 +35,7 @@ survived the rule is measurable (``robust_rule`` states what "accepted" means fo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -98,6 +104,29 @@ class PrivacyAccounted(Protocol):
         self, setup: FLSetup, *, clients: int, batch_size: int, local_examples: int
     ) -> dict[str, float | None]: ...
 
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One reason to distrust a received model: the check that fired and what it saw."""
+
+    check: str
+    reason: str
+
+
+@runtime_checkable
+class ModelAudit(Protocol):
+    """Inspects a received model before the client trains; any finding means the client refuses.
+
+    ``images``/``labels`` are the batch the client would train on (token ids for text), so
+    checks may look at what the model does with the client's own data; ``commitment`` is the
+    digest the server published for the round (``fl.commitment.model_commitment``), or ``None``.
+    """
+
+    name: str
+
+    def audit(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, commitment: str | None
+    ) -> list[AuditFinding]: ...
 
 @runtime_checkable
 class RoundSizeChecked(Protocol):

@@ -55,10 +55,11 @@ class MaliciousClient(Client):
         round_index: int,
         generator: torch.Generator,
         gradient: GradientFn = mean_loss_gradient,
+        batch: LocalBatch | None = None,
     ) -> tuple[ClientUpdate, LocalBatch]:
         received = copy.deepcopy(model)  # FedAvg trains ``model`` in place; the crafter gets it as sent
         honest, batch = super().train(
-            model, loss_fn, setup, batch_size=batch_size, round_index=round_index, generator=generator,
+            model, loss_fn, setup, batch_size=batch_size, round_index=round_index, generator=generator, batch=batch,
         )
         tensors = self.craft(received, honest, self.local_data(), setup, round_index)
         if tensors is None:

@@ -8,6 +8,12 @@ malicious client through its own ``Client.train`` (``fl.malicious``): such a cli
 ``honest``, so the client-side defenses are not applied to what it sends (it controls its device).
 An aggregator that reports which updates it accepted (robust rules) has the ids logged in
 ``RoundTranscript.accepted``.
+
+With client-side model audits (``defenses.base.ModelAudit``) the server also publishes, each
+round, one commitment to the model it claims to send everyone (``fl.commitment``; the honest
+server commits to the broadcast model), and every participant audits what it received on the
+batch it would train on before training. A participant whose audit finds anything refuses: it
+sends no update that round (as a dropout would), and ``RoundTranscript.refused`` says why.
 """
 
 from __future__ import annotations
@@ -20,12 +26,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gialab.defenses.base import Aggregator, CohortAware, LocalGradient, ReportsAcceptance, UpdateTransform
+from gialab.defenses.base import (
+    Aggregator, CohortAware, LocalGradient, ModelAudit, ReportsAcceptance, UpdateTransform,
+)
 from gialab.defenses.mean import WeightedMean
 from gialab.errors import GialabError
 from gialab.fl.client import Client, ClientUpdate, LocalBatch
+from gialab.fl.commitment import model_commitment
 from gialab.fl.setup import FLSetup
 from gialab.fl.training import GradientFn, LossFn, mean_loss_gradient
+
+
+def local_gradient(transforms: Sequence[UpdateTransform], model: nn.Module) -> GradientFn:
+    """The one defense that computes the clients' gradient steps (DP-SGD), checked on the model."""
+    owners = [t for t in transforms if isinstance(t, LocalGradient)]
+    if len(owners) > 1:
+        raise GialabError(f"defenses {[t.name for t in owners]} each compute the local gradient; keep one")
+    if not owners:
+        return mean_loss_gradient
+    owners[0].check_model(model)
+    return owners[0].local_gradient
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,12 @@ class ServerPlan:
 
 @dataclass(frozen=True)
 class RoundTranscript:
-    """Everything the server sent and received in one round."""
+    """Everything the server sent and received in one round.
+
+    ``refused`` maps each participant that refused its model (a model audit flagged it) to the
+    reasons; such a participant has a model but no update. ``commitment`` is the digest the
+    server published for the round (``None`` when no client audits).
+    """
 
     round: int
     participants: tuple[int, ...]
@@ -52,12 +77,20 @@ class RoundTranscript:
     aggregate: tuple[torch.Tensor, ...]
     update_kind: str
     setup: FLSetup
+    refused: Mapping[int, str] = field(default_factory=dict)
+    commitment: str | None = None
     accepted: tuple[int, ...] | None = None  # clients the aggregation rule accepted; None: it does not say
+
+    @property
+    def answered(self) -> tuple[int, ...]:
+        """The participants that sent an update."""
+        return tuple(c for c in self.participants if c in self.updates)
 
 
 @dataclass(frozen=True)
 class RoundTruth:
-    """The private examples behind a round, by client."""
+    """The private examples behind a round, by client (a client that refused the model keeps the
+    batch it audited it on, although none of it left the client)."""
 
     round: int
     batches: Mapping[int, LocalBatch]
@@ -77,6 +110,7 @@ class Protocol:
         transforms: Sequence[UpdateTransform] = (),
         aggregator: Aggregator | None = None,
         seed: int = 0,
+        audits: Sequence[ModelAudit] = (),
     ) -> None:
         if not clients:
             raise GialabError("a protocol needs at least one client")
@@ -88,19 +122,13 @@ class Protocol:
         self.transforms = tuple(transforms)
         self.gradient = self._local_gradient(model)
         self.aggregator = aggregator or WeightedMean()
+        self.audits = tuple(audits)
         self.generator = torch.Generator().manual_seed(seed)
         self.participation_log: list[tuple[int, ...]] = []
         self.acceptance_log: list[tuple[int, ...] | None] = []  # RoundTranscript.accepted, by round
 
     def _local_gradient(self, model: nn.Module) -> GradientFn:
-        """The one defense that computes the clients' gradient steps (DP-SGD), checked on the model."""
-        owners = [t for t in self.transforms if isinstance(t, LocalGradient)]
-        if len(owners) > 1:
-            raise GialabError(f"defenses {[t.name for t in owners]} each compute the local gradient; keep one")
-        if not owners:
-            return mean_loss_gradient
-        owners[0].check_model(model)
-        return owners[0].local_gradient
+        return local_gradient(self.transforms, model)
 
     def sample_participants(self) -> tuple[int, ...]:
         ids = sorted(self.clients)
@@ -120,39 +148,63 @@ class Protocol:
         if unknown:
             raise GialabError(f"participants {unknown} are not clients; valid ids: 0..{len(self.clients) - 1}")
         broadcast = plan.model or self.global_model
-        transforms = [t.with_cohort(len(participants)) if isinstance(t, CohortAware) else t for t in self.transforms]
         snapshots: dict[int, nn.Module] = {}  # one frozen copy per distinct model sent
         models: dict[int, nn.Module] = {}
         updates: dict[int, ClientUpdate] = {}
         batches: dict[int, LocalBatch] = {}
+        sent_to: dict[int, nn.Module] = {}
         for cid in participants:
-            sent = plan.per_client.get(cid, broadcast)
-            if id(sent) not in snapshots:
-                snapshots[id(sent)] = copy.deepcopy(sent)
-            models[cid] = snapshots[id(sent)]
-            local = copy.deepcopy(sent)  # the client trains its own copy; the server's stays as sent
+            sent_to[cid] = plan.per_client.get(cid, broadcast)
+            if id(sent_to[cid]) not in snapshots:
+                snapshots[id(sent_to[cid])] = copy.deepcopy(sent_to[cid])
+            models[cid] = snapshots[id(sent_to[cid])]
+        commitment, refused = self._audit(broadcast, models, batches) if self.audits else (None, {})
+        answering = [c for c in participants if c not in refused]
+        transforms = [t.with_cohort(len(answering)) if isinstance(t, CohortAware) else t for t in self.transforms]
+        for cid in answering:
+            local = copy.deepcopy(sent_to[cid])  # the client trains its own copy; the server's stays as sent
             update, batch = self.clients[cid].train(
                 local, self.loss_fn, self.setup,
                 batch_size=self.batch_size, round_index=round_index, generator=self.generator,
-                gradient=self.gradient,
+                gradient=self.gradient, batch=batches.get(cid),
             )
             if self.clients[cid].honest:  # a malicious client skips the defenses on its own device
                 for transform in transforms:
                     update = transform(update, self.generator)
             updates[cid], batches[cid] = update, batch
         accepted: tuple[int, ...] | None = None
-        if isinstance(self.aggregator, ReportsAcceptance):
+        if not updates:  # every participant refused: the server learns nothing and the model stays
+            aggregate = tuple(torch.zeros_like(p) for p in broadcast.parameters())
+        elif isinstance(self.aggregator, ReportsAcceptance):
             aggregate, accepted = self.aggregator.aggregate_with_acceptance(list(updates.values()), self.generator)
         else:
             aggregate = self.aggregator(list(updates.values()), self.generator)
-        if plan.model is None and not plan.per_client:
+        if plan.model is None and not plan.per_client and updates:
             self._step(aggregate)
         self.participation_log.append(tuple(participants))
         self.acceptance_log.append(accepted)
         transcript = RoundTranscript(
-            round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup, accepted
+            round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup,
+            refused=refused, commitment=commitment, accepted=accepted,
         )
         return transcript, RoundTruth(round_index, batches)
+
+    def _audit(
+        self, broadcast: nn.Module, models: Mapping[int, nn.Module], batches: dict[int, LocalBatch]
+    ) -> tuple[str, dict[int, str]]:
+        """Publish the commitment to ``broadcast``; each participant draws its batch and audits its model.
+
+        Fills ``batches`` with the drawn batches (those who train, train on them) and returns the
+        commitment and, for each participant that refuses, its findings as one line.
+        """
+        commitment = model_commitment(broadcast)
+        refused: dict[int, str] = {}
+        for cid, received in models.items():
+            batch = batches[cid] = self.clients[cid].draw_batch(self.batch_size, self.generator)
+            findings = [f for audit in self.audits for f in audit.audit(received, batch.images, batch.labels, commitment)]
+            if findings:
+                refused[cid] = "; ".join(f"{f.check}: {f.reason}" for f in findings)
+        return commitment, refused
 
     def _step(self, aggregate: tuple[torch.Tensor, ...]) -> None:
         """Apply the aggregate; FedAvg's delta is already scaled by the local rate, so step 1."""
