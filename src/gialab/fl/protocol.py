@@ -3,7 +3,11 @@
 ``run_round`` returns a ``RoundTranscript`` (models sent, updates received, the aggregate: all a
 server could log) and a ``RoundTruth`` (the examples each client trained on). The two never mix:
 the threat layer decides what of the transcript an attacker sees, and only metrics read the truth.
-The protocol knows nothing about attacks; a malicious server acts through ``ServerPlan``.
+The protocol knows nothing about attacks; a malicious server acts through ``ServerPlan``, a
+malicious client through its own ``Client.train`` (``fl.malicious``): such a client is not
+``honest``, so the client-side defenses are not applied to what it sends (it controls its device).
+An aggregator that reports which updates it accepted (robust rules) has the ids logged in
+``RoundTranscript.accepted``.
 
 Sybil devices (``SybilDevices``, Boenisch et al. 2023a) are server-run participants with ids past
 the real clients'. They are recorded apart (``RoundTranscript.sybils``), so ``participants``,
@@ -26,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gialab.defenses.base import Aggregator, CohortAware, LocalGradient, ModelAudit, UpdateTransform
+from gialab.defenses.base import (
+    Aggregator, CohortAware, LocalGradient, ModelAudit, ReportsAcceptance, UpdateTransform,
+)
 from gialab.defenses.mean import WeightedMean
 from gialab.errors import GialabError
 from gialab.fl.client import Client, ClientUpdate, LocalBatch
@@ -105,6 +111,7 @@ class RoundTranscript:
     sybils: Mapping[int, ClientUpdate] = field(default_factory=dict)  # server-run devices' updates, by id
     refused: Mapping[int, str] = field(default_factory=dict)
     commitment: str | None = None
+    accepted: tuple[int, ...] | None = None  # clients the aggregation rule accepted; None: it does not say
 
     @property
     def answered(self) -> tuple[int, ...]:
@@ -150,6 +157,7 @@ class Protocol:
         self.audits = tuple(audits)
         self.generator = torch.Generator().manual_seed(seed)
         self.participation_log: list[tuple[int, ...]] = []
+        self.acceptance_log: list[tuple[int, ...] | None] = []  # RoundTranscript.accepted, by round
 
     def _local_gradient(self, model: nn.Module) -> GradientFn:
         return local_gradient(self.transforms, model)
@@ -191,19 +199,25 @@ class Protocol:
                 batch_size=self.batch_size, round_index=round_index, generator=self.generator,
                 gradient=self.gradient, batch=batches.get(cid),
             )
-            for transform in transforms:
-                update = transform(update, self.generator)
+            if self.clients[cid].honest:  # a malicious client skips the defenses on its own device
+                for transform in transforms:
+                    update = transform(update, self.generator)
             updates[cid], batches[cid] = update, batch
-        if updates or sybils:
-            aggregate = self.aggregator([*updates.values(), *sybils.values()], self.generator)
-        else:  # every participant refused: the server learns nothing and the model stays
+        accepted: tuple[int, ...] | None = None
+        sent = [*updates.values(), *sybils.values()]  # sybils reach the aggregator like clients
+        if not sent:  # every participant refused: the server learns nothing and the model stays
             aggregate = tuple(torch.zeros_like(p) for p in broadcast.parameters())
+        elif isinstance(self.aggregator, ReportsAcceptance):
+            aggregate, accepted = self.aggregator.aggregate_with_acceptance(sent, self.generator)
+        else:
+            aggregate = self.aggregator(sent, self.generator)
         if plan.model is None and not plan.per_client and updates:
             self._step(aggregate)
         self.participation_log.append(tuple(participants))
+        self.acceptance_log.append(accepted)
         transcript = RoundTranscript(
             round_index, tuple(participants), models, updates, aggregate, self.setup.update_kind, self.setup,
-            sybils, refused=refused, commitment=commitment,
+            sybils, refused=refused, commitment=commitment, accepted=accepted,
         )
         return transcript, RoundTruth(round_index, batches)
 
