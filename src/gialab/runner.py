@@ -6,6 +6,13 @@ scenario -> data, model, clients -> protocol rounds -> threat gate (Observation)
 Everything that can be refused (names, capabilities, sizes, the output folder, the model the
 attack must handle) is checked before the first round, so a user mistake costs seconds.
 
+A client-side attack (``poison_own_update``) takes the place of the ``malicious_clients``
+(``fl.malicious.MaliciousClient``): the victims are all other participants, the attack observes
+the rounds the first of them takes part in, and the run reports how often the aggregation rule
+accepted the crafted updates (``poison_survival``: the share of rounds with a crafted update, the
+inverted round aside, in which the rule accepted at least one; read from the server's log,
+which the attacker does not see).
+
 A client-side model audit (``defenses=[model_audit]``) may make the victim refuse the model it
 is sent. A round the victim refused gives the attacker nothing of it and is not observed; if the
 victim refused every round it was sampled in, the attack is not run and the run still completes,
@@ -40,18 +47,23 @@ from gialab.attacks.taxonomy import RECORDS
 from gialab.attacks.registry import get_attack
 from gialab.data import load_dataset, partition_dirichlet, partition_iid
 from gialab.data.dataset import DataSpec, ImageDataset
+from gialab.data.registry import class_count
 from gialab.data.text import TEXT_DATASETS, TextDataset, decode, token_pieces
 from gialab.defenses import DefenseStack, resolve_defenses
 from gialab.defenses.base import PrivacyAccounted
 from gialab.errors import GialabError
 from gialab.fl import Client, Protocol, RoundTranscript, RoundTruth
+from gialab.fl.malicious import MaliciousClient
 from gialab.fl.gossip import GossipProtocol, GossipTranscript
 from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
+from gialab.metrics.dominance import target_cosine
+from gialab.metrics.exposed_update import exposed_update_scores
 from gialab.metrics.isolation import isolation_scores, update_isolation_scores
 from gialab.metrics.lpips import load_lpips
 from gialab.metrics.text import score_text
 from gialab.models import build_model, load_weights
+from gialab.models.pretrain import pretrain
 from gialab.models.transformer import check_vocabulary, lm_loss
 from gialab.peer_threat import peer_attacker, peer_grants
 from gialab.report import (
@@ -159,6 +171,7 @@ def _attacked_round(
     attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
     last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None = None
     refusals: list[dict[str, Any]] = []
+    target = scenario.malicious_ids[0] if scenario.malicious_ids else scenario.victim
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
@@ -166,21 +179,86 @@ def _attacked_round(
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
         refusals += [{"round": transcript.round, "client": c, "reasons": r} for c, r in transcript.refused.items()]
-        if scenario.victim in transcript.refused:
+        if target in transcript.refused:
             last_refused = (transcript, truth)
-        elif scenario.victim in transcript.participants:
+        elif target in transcript.participants:
             observation = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
-                target=scenario.victim, side_information=scenario.side_information, observer=attacker,
+                target=target, side_information=scenario.side_information, observer=attacker,
             )
             attack.observe_round(observation)
             attacked = (observation, transcript, truth)
     if attacked is None and last_refused is None:
+        who = "malicious client" if scenario.malicious_ids else "victim"
         raise GialabError(
-            f"victim {scenario.victim} was never sampled in {scenario.fl.rounds} rounds; "
+            f"{who} {target} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
     return _Rounds(attacked, last_refused, refusals)
+
+
+def _check_attackers(attack: Attack, scenario: Scenario) -> None:
+    """A client-side attack needs clients to act as; anything else must not name one."""
+    acts_as_client = Capability.POISON_OWN_UPDATE in attack.requires
+    valid = f"0..{scenario.clients - 1}"
+    if acts_as_client and not scenario.malicious_ids:
+        raise GialabError(f"attack {attack.name!r} acts as a malicious client; set malicious_clients to a client id ({valid})")
+    if not scenario.malicious_ids:
+        return
+    if not acts_as_client:
+        raise GialabError(f"malicious_clients is set but attack {attack.name!r} is not a client-side attack; "
+                          "remove malicious_clients")
+    for cid in scenario.malicious_ids:
+        if cid >= scenario.clients:
+            raise GialabError(f"malicious client {cid} is not a client; valid ids: {valid}")
+    if len(set(scenario.malicious_ids)) != len(scenario.malicious_ids):
+        raise GialabError(f"malicious_clients lists a client twice: {list(scenario.malicious_ids)}")
+    if len(scenario.malicious_ids) >= scenario.clients:
+        raise GialabError(f"attack {attack.name!r} needs honest clients besides the attackers; "
+                          f"use clients > {len(scenario.malicious_ids)}")
+
+
+def _poison_survival(
+    clients: list[MaliciousClient], acceptance: list[tuple[int, ...] | None], attacked_round: int,
+) -> dict[str, float | None]:
+    """How often the aggregation rule let a crafted update in (server's log), the inverted round aside."""
+    rounds = sorted({r for c in clients for r in c.crafted_rounds if r != attacked_round})
+    ids = {c.client_id for c in clients}
+    if not rounds or any(acceptance[r] is None for r in rounds):
+        return {"poison_rounds": len(rounds), "poison_survival": None}
+    survived = sum(bool(ids & set(acceptance[r])) for r in rounds)  # type: ignore[arg-type]
+    return {"poison_rounds": len(rounds), "poison_survival": survived / len(rounds)}
+
+
+def _attacked_examples(
+    reconstruction: Reconstruction, transcript: RoundTranscript, truth: RoundTruth, attackers: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The private examples a reconstruction claims (images, labels) and the IIP pool.
+
+    Claimed are its source's examples, or those behind the aggregate: in a run with malicious
+    clients the other participants' examples (a rule that keeps only some updates, as Krum keeps
+    one, hides the rest from the attack, and the scores show it), and only the ``target_class``
+    ones for a class-targeted attack. The pool is then all those participants' examples, so
+    identifying a recovered image means telling it from the other images of the round, not only
+    from the other claimed ones; otherwise it is None (the claimed batch).
+    """
+    if reconstruction.source is not None:
+        sources = [reconstruction.source]
+    else:
+        sources = [c for c in transcript.answered if c not in attackers]
+    images = torch.cat([truth.batches[c].images for c in sources]) if sources else torch.zeros(0)
+    labels = torch.cat([truth.batches[c].labels for c in sources]) if sources else torch.zeros(0, dtype=torch.long)
+    pool = None
+    if reconstruction.target_class is not None:
+        keep = labels == reconstruction.target_class
+        pool, images, labels = images, images[keep], labels[keep]
+    if len(labels) == 0:
+        what = "" if reconstruction.target_class is None else f" of class {reconstruction.target_class}"
+        raise GialabError(
+            f"round {transcript.round}'s aggregate holds no victim's example{what} to score; "
+            f"raise batch_size or clients, or pick another seed"
+        )
+    return images, labels, pool
 
 
 @dataclass(frozen=True)
@@ -232,6 +310,12 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
     attack.check_update_kind(scen.fl.update_kind)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
+    _check_attackers(attack, scen)
+    classes = class_count(scen.dataset)
+    if classes is not None:
+        attack.check_classes(classes, scen.dataset)
+    if scen.pretrain_steps and scen.dataset in TEXT_DATASETS:
+        raise GialabError("pretrain_steps applies to image datasets; for text pass trained weights")
     if scen.lpips_weights is not None:
         load_lpips(scen.lpips_weights)  # a bad file fails now with its reason, not after the attack
     return _Admitted(scen, threat, defenses, granted, attack, privacy, topology, attacker)
@@ -287,8 +371,16 @@ def run(
         if text:
             check_vocabulary(scen.weights, data.spec.num_classes)
         load_weights(model, scen.weights)
+    if scen.pretrain_steps:
+        pretrain(model, data.images, data.labels, steps=scen.pretrain_steps, seed=scen.seed)
     attack.check_model(model, data.spec)
     clients = _clients(scen, data)
+    malicious = [MaliciousClient(c, clients[c].local_data().images, clients[c].local_data().labels,
+                                 attack.craft_update) for c in scen.malicious_ids]
+    if malicious:
+        attack.join({m.client_id: m.local_data() for m in malicious}, data.spec)
+        for m in malicious:
+            clients[m.client_id] = m
     loss = {"loss_fn": lm_loss} if text else {}
     protocol: Protocol | GossipProtocol = (
         _flower_protocol(scen, model, clients, data.spec, defenses, loss, workers) if engine == "flower" else
@@ -312,15 +404,13 @@ def run(
     attack_seconds = time.perf_counter() - attack_started
 
     # Metrics: the only place where ground truth meets the reconstruction.
-    sources = [reconstruction.source] if reconstruction.source is not None else list(transcript.answered)
-    true_images = torch.cat([truth.batches[c].images for c in sources])  # token ids for text
+    true_images, true_labels, pool = _attacked_examples(reconstruction, transcript, truth, scen.malicious_ids)
     if text:
         scores = score_text(reconstruction.images, true_images, decode=decode, pieces=token_pieces)
     else:
-        true_labels = torch.cat([truth.batches[c].labels for c in sources])
         scores = score(
             reconstruction.images, true_images, recon_labels=reconstruction.labels, true_labels=true_labels,
-            reference=reconstruction.reference, recovered_psnr=scen.recovered_psnr,
+            reference=reconstruction.reference, pool=pool, recovered_psnr=scen.recovered_psnr,
             lpips_weights=scen.lpips_weights,
         )
     if reconstruction.isolated is not None:
@@ -330,6 +420,17 @@ def run(
     if reconstruction.isolated_update is not None:  # measured against what that client really sent
         claimed = reconstruction.isolated_update
         scores.flat.update(update_isolation_scores(claimed, transcript.updates[claimed.client].tensors))
+        if claimed.model is not None:  # what still covers it, against the client's clean update
+            promised = [r["noise_std_promised"] for r in privacy.values() if r.get("noise_std_promised") is not None]
+            batch = truth.batches[claimed.client]
+            scores.flat.update(exposed_update_scores(
+                claimed.update, claimed.model, batch.images, batch.labels,
+                promised_noise_std=promised[0] if promised else None))
+    if reconstruction.target_class is not None and not text:
+        scores.flat["target_cosine"] = target_cosine(
+            transcript.aggregate, rounds.attacked[0].model, true_images, true_labels)  # type: ignore[index]
+    if malicious:
+        scores.flat.update(_poison_survival(malicious, protocol.acceptance_log, transcript.round))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

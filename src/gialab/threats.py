@@ -125,6 +125,8 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
         needs.add(Capability.PER_CLIENT_MODELS)
     if plan.participants is not None:
         needs.add(Capability.CONTROL_SAMPLING)
+    if plan.sybils is not None and plan.sybils.count != 0:
+        needs.add(Capability.SYBIL_CLIENTS)
     return frozenset(needs)
 
 
@@ -136,6 +138,7 @@ class Observation:
     clients whose updates make up the round (one that refused its model is not among them).
     ``target`` is the client the attacker aims at (the scenario's victim). Side information
     fields are ``None`` unless declared.
+    ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
     """
 
     threat_model: str
@@ -151,6 +154,7 @@ class Observation:
     example_counts: Mapping[int, int] | None = None
     labels: Mapping[int, torch.Tensor] | None = None
     fl_setup: FLSetup | None = None
+    sybils: tuple[int, ...] = ()
 
     def target_update(self) -> tuple[torch.Tensor, ...]:
         """The victim's own update; needs ``observe_individual``."""
@@ -237,4 +241,5 @@ def observe(
             if SideInformation.LABELS in side else None
         ),
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in side else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
     )

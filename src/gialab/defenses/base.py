@@ -25,6 +25,11 @@ threshold t <= n, a robust rule's Byzantine budget f against n) says so before a
 calls ``check_round_size`` with the planned participant count, so a scenario it can never run is
 refused with one line before the data is loaded, not after rounds of training. The check at
 aggregation time stays, for rounds a malicious server sizes itself.
+
+One optional hook on aggregators: ``ReportsAcceptance``. A Byzantine-robust rule decides which
+client updates it lets into the aggregate; the protocol records those client ids in the round's
+transcript (``RoundTranscript.accepted``), the server's own log, so whether a poisoned update
+survived the rule is measurable (``robust_rule`` states what "accepted" means for each kind of rule).
 """
 
 from __future__ import annotations
@@ -53,6 +58,17 @@ class Aggregator(Protocol):
     reveals_individual: bool
 
     def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator) -> tuple[torch.Tensor, ...]: ...
+
+
+@runtime_checkable
+class ReportsAcceptance(Protocol):
+    """An aggregator that also says which clients' updates its aggregate accepted (sorted ids)."""
+
+    name: str
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]: ...
 
 
 @runtime_checkable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +46,8 @@ class Client:
     the round, visited for E epochs in local mini-batches.
     """
 
+    honest: ClassVar[bool] = True  # a malicious client (``fl.malicious``) says False
+
     def __init__(self, client_id: int, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.client_id = client_id
         self._images = images
@@ -53,6 +56,10 @@ class Client:
     @property
     def num_examples(self) -> int:
         return int(self._labels.shape[0])
+
+    def local_data(self) -> LocalBatch:
+        """All the examples this client holds (its own to use: a malicious client trains on them)."""
+        return LocalBatch(self._images, self._labels)
 
     def draw_batch(self, batch_size: int, generator: torch.Generator) -> LocalBatch:
         """The round's examples; ``train`` draws them itself unless given a batch drawn earlier."""
