@@ -101,6 +101,8 @@ def test_the_audit_mod_refuses_the_victims_imprint_model_and_the_others_train() 
     ("inconsistency", ["clients=2"], "SecAgg+ needs at least 3 clients per round"),
     ("fc-leakage", ["clients=4", "fl.topology=ring", "threat_model=honest-but-curious-peer"],
      "fl.topology=ring is not supported under --engine flower"),
+    ("cgi", [], "malicious clients (a client-side attack) are not supported under --engine flower"),
+    ("sybil", [], "sybil devices are not supported under --engine flower"),
 ])
 def test_what_flower_does_not_run_is_refused_in_one_line(cli, out_dir: Path, preset: str, overrides: list[str],
                                                           message: str) -> None:

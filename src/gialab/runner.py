@@ -360,7 +360,7 @@ def run(
         from gialab.integrations.flower import check_flower, import_flwr
 
         import_flwr()
-        check_flower(scen, defenses, scen.fl.clients_per_round or scen.clients)
+        check_flower(scen, defenses, scen.fl.clients_per_round or scen.clients, attack.requires)
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)

@@ -45,6 +45,7 @@ from torch import nn
 from gialab.data.dataset import DataSpec
 from gialab.defenses.base import Aggregator, ModelAudit
 from gialab.defenses.secure_aggregation import SecureAggregation
+from gialab.errors import GialabError
 from gialab.fl.client import Client, ClientUpdate, LocalBatch
 from gialab.fl.commitment import model_commitment
 from gialab.fl.protocol import Protocol, RoundTranscript, RoundTruth, ServerPlan
@@ -98,8 +99,11 @@ class FlowerProtocol(Protocol):
 
     def run_round(self, plan: ServerPlan | None = None) -> tuple[RoundTranscript, RoundTruth]:
         plan = plan or ServerPlan()
+        if plan.sybils is not None:
+            raise GialabError("sybil devices are not supported under --engine flower; use --engine gialab")
         round_index = len(self.participation_log)
         participants = plan.participants or self.sample_participants()
+        self._check_clients(participants)
         broadcast = plan.model or self.global_model
         snapshots: dict[int, nn.Module] = {}
         models: dict[int, nn.Module] = {}
@@ -114,6 +118,8 @@ class FlowerProtocol(Protocol):
         updates: dict[int, ClientUpdate] = {}
         workers: dict[int, int] = {}
         for cid in participants:
+            if not self.files.record(round_index, cid).exists():
+                raise RuntimeError(f"client {cid} neither trained nor refused in Flower round {round_index}")
             record = self.files.read_record(round_index, cid)
             batches[cid] = LocalBatch(record["images"], record["labels"])
             workers[record["pid"]] = max(workers.get(record["pid"], 0), record["peak_rss"])
@@ -132,6 +138,7 @@ class FlowerProtocol(Protocol):
         if plan.model is None and not plan.per_client and updates:
             self._step(aggregate)
         self.participation_log.append(tuple(participants))
+        self.acceptance_log.append(None)  # a weighted mean (or SecAgg+'s) accepts every update
         self.rounds_report.append({
             "round": round_index, "simulation_s": round(seconds, 3), "supernodes": len(self.clients),
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

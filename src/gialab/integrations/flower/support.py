@@ -11,12 +11,14 @@ else under Flower, so it is refused and named.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from types import ModuleType
 
 from gialab.defenses import DefenseStack
 from gialab.defenses.secure_aggregation import SecureAggregation
 from gialab.errors import GialabError
 from gialab.scenario import Scenario
+from gialab.threats import Capability
 
 MISSING = "--engine flower runs the scenario on Flower, which is not installed; pip install 'gialab[flower]'"
 FLOWER_DEFENSES = ("model_audit", "secure_aggregation")
@@ -35,8 +37,20 @@ def import_flwr() -> ModuleType:
     return flwr
 
 
-def check_flower(scenario: Scenario, defenses: DefenseStack, round_size: int) -> None:
-    """Refuse what the Flower engine does not run: say which part of the scenario and what is valid."""
+def check_flower(
+    scenario: Scenario, defenses: DefenseStack, round_size: int, requires: Iterable[Capability] = (),
+) -> None:
+    """Refuse what the Flower engine does not run: say which part of the scenario and what is valid.
+
+    ``requires``: the attack's capabilities. Server-run sybil devices and malicious clients are
+    participants gialab itself plays; the Flower app has only honest ClientApps.
+    """
+    if scenario.malicious_ids or Capability.POISON_OWN_UPDATE in requires:
+        raise GialabError("malicious clients (a client-side attack) are not supported under --engine flower, "
+                          "whose ClientApps are honest; use a server-side attack or --engine gialab")
+    if Capability.SYBIL_CLIENTS in requires:
+        raise GialabError("sybil devices are not supported under --engine flower (every SuperNode is an "
+                          "honest client); use --engine gialab")
     if scenario.fl.topology != "star":
         raise GialabError(f"fl.topology={scenario.fl.topology} is not supported under --engine flower "
                           "(a Flower ServerApp is a star); use fl.topology=star")
