@@ -50,7 +50,8 @@ def main() -> None:
     print("| dataset | clients | batch | Ray workers | run wall (s) | simulation (s) | attack (s) | fraction recovered "
           "| driver peak RSS (MB) | worker peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.dataset} | {args.clients} | {args.batch_size} | {args.workers} | {wall:.1f} | {round0['simulation_s']:.1f} "
+    print(f"| {args.dataset} | {args.clients} | {args.batch_size} | {args.workers} | {wall:.1f} "
+          f"| {round0['simulation_s']:.1f} "
           f"| {written['attack_details']['attack_seconds']:.1f} | {m['fraction_recovered']:.2f} "
           f"| {round0['driver_peak_rss_mb']:.0f} | {', '.join(f'{w:.0f}' for w in workers)} |")
 

@@ -60,7 +60,8 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")] = False,
     engine: Annotated[str, typer.Option(
         "--engine", metavar="gialab|flower",
-        help="FL transport: gialab (in-process) or flower (a Flower simulation; pip install 'gialab[flower]')")] = "gialab",
+        help="FL transport: gialab (in-process) or flower (a Flower simulation; "
+             "pip install 'gialab[flower]')")] = "gialab",
     workers: Annotated[int, typer.Option(
         "--workers", metavar="N", help="--engine flower: Ray CPUs running the ClientApps")] = 1,
 ) -> None:

@@ -9,6 +9,11 @@ findings, and sends no update. To the server that is a failed client; under SecA
 that fails at the masked-input stage is a dropout, whose masks its neighbours' shares remove, so
 the round completes without it, as the in-process protocol's refusal does.
 
+The round's commitment (``fl.commitment``) travels in the fit config, the same digest in every
+client's: it stands for the public bulletin board a commitment needs. A server that wrote each
+client the digest of that client's own model would pass the commitment check, which is why the
+digest must be published, not sent; the content checks do not depend on it.
+
 Placed before ``secaggplus_mod`` in the app's mods, it sees every ``TRAIN`` message; only the
 one that carries the fit instructions (the model) is audited, SecAgg+'s key-exchange stages pass.
 """
@@ -64,8 +69,8 @@ class AuditMod:
         client = self.setup.files.load_client(client_id)
         batch = self.setup.batch(client, round_index)
         commitment = config.get(wire.COMMITMENT)
-        findings = [f for audit in self.audits
-                    for f in audit.audit(model, batch.images, batch.labels, None if commitment is None else str(commitment))]
+        published = None if commitment is None else str(commitment)
+        findings = [f for audit in self.audits for f in audit.audit(model, batch.images, batch.labels, published)]
         if not findings:
             return call_next(msg, ctxt)
         reasons = "; ".join(f"{f.check}: {f.reason}" for f in findings)
