@@ -54,8 +54,8 @@ def test_inconsistency_beats_flower_secagg_plus_with_ten_clients(out_dir: Path) 
     assert m["fraction_recovered"] == 1.0 and m["psnr_min"] >= 60  # measured 94 dB (preset threshold 60)
     # The control: every client gets the imprint model; SecAgg+ mixes 10 batches of 4.
     control = gialab.run("inconsistency", out=out_dir, engine="flower", attack__silence=False, **TEN)
-    assert control.metrics["victim_update_cosine"] < 0.99
-    assert control.metrics["fraction_recovered"] <= 0.5
+    assert control.metrics["victim_update_cosine"] < 0.99  # measured 0.91
+    assert control.metrics["fraction_recovered"] <= 0.25  # measured 0.25 (one image alone in its bin)
 
 
 @needs_flower
