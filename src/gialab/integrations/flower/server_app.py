@@ -32,12 +32,6 @@ from gialab.integrations.flower.audit_mod import parse_refusal
 IDENTIFY_TIMEOUT_S = 600
 
 
-def _flwr_strategy_base() -> type:
-    from flwr.server.strategy import Strategy
-
-    return Strategy
-
-
 def planned_strategy(
     sent: Mapping[int, nn.Module], honest: nn.Module, *, round_index: int, commitment: str | None,
     num_clients: int, secagg: bool,
@@ -47,8 +41,9 @@ def planned_strategy(
     from flwr.common import FitIns, GetPropertiesIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.common.constant import MessageTypeLegacy
     from flwr.compat.common import recorddict_compat as compat
+    from flwr.server.strategy import Strategy
 
-    class PlannedStrategy(_flwr_strategy_base()):  # type: ignore[misc]
+    class PlannedStrategy(Strategy):
         def __init__(self) -> None:
             self.grid: Any = None  # set by the ServerApp's main
             self.node_to_client: dict[int, int] = {}
