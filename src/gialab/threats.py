@@ -17,6 +17,7 @@ from torch import nn
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError, unknown_name
+from gialab.fl.gossip import GossipTranscript
 from gialab.fl.protocol import RoundTranscript, RoundTruth, ServerPlan
 from gialab.fl.setup import FLSetup
 
@@ -70,6 +71,11 @@ THREAT_MODELS: dict[str, ThreatModel] = {
             frozenset({_C.OBSERVE_AGGREGATE, _C.POISON_OWN_UPDATE}),
             "sees only the global model's change and controls its own update",
         ),
+        ThreatModel(
+            "honest-but-curious-peer",
+            frozenset({_C.OBSERVE_INDIVIDUAL, _C.OBSERVE_AGGREGATE}),
+            "a gossip node: follows the protocol, inverts its neighbours' messages (peer_threat.py)",
+        ),
     )
 }
 EXTRA_CAPABILITIES = frozenset({_C.SYBIL_CLIENTS, _C.PARTICIPATION_SIDE_CHANNEL})
@@ -119,6 +125,8 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
         needs.add(Capability.PER_CLIENT_MODELS)
     if plan.participants is not None:
         needs.add(Capability.CONTROL_SAMPLING)
+    if plan.sybils is not None and plan.sybils.count != 0:
+        needs.add(Capability.SYBIL_CLIENTS)
     return frozenset(needs)
 
 
@@ -153,8 +161,11 @@ def participation_report(log: Sequence[Sequence[int]], clients: int, window: int
 class Observation:
     """What the attacker has after one round, and nothing else.
 
-    ``updates`` is empty unless individual updates are observable. ``target`` is the client the
-    attacker aims at (the scenario's victim). Side information fields are ``None`` unless declared.
+    ``updates`` is empty unless individual updates are observable. ``participants`` are the
+    clients whose updates make up the round (one that refused its model is not among them).
+    ``target`` is the client the attacker aims at (the scenario's victim). Side information
+    fields are ``None`` unless declared.
+    ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
     ``cohort_size`` is how many updates the round's aggregate combines, which the aggregating
     server knows even when it does not know whose they are (``participants`` is then empty).
     ``participation`` is the device analytics report that closes with this round, if granted.
@@ -173,6 +184,7 @@ class Observation:
     example_counts: Mapping[int, int] | None = None
     labels: Mapping[int, torch.Tensor] | None = None
     fl_setup: FLSetup | None = None
+    sybils: tuple[int, ...] = ()
     cohort_size: int | None = None
     participation: ParticipationReport | None = None
 
@@ -201,7 +213,7 @@ def validate_update(model: nn.Module, tensors: tuple[torch.Tensor, ...], what: s
 
 
 def observe(
-    transcript: RoundTranscript,
+    transcript: RoundTranscript | GossipTranscript,
     truth: RoundTruth,
     *,
     threat: ThreatModel,
@@ -209,16 +221,23 @@ def observe(
     data: DataSpec,
     target: int,
     side_information: Iterable[SideInformation] = (),
+    observer: int | None = None,
     anonymous: bool = False,
     participation: ParticipationReport | None = None,
 ) -> Observation:
     """Build the attacker's view of a round. Truth is read only for declared side information.
 
+    A gossip round has no server: the attacker is node ``observer`` and sees what reached it.
     ``anonymous`` is the view of a server that aggregates without learning who contributed (the
     premise of Lam et al. 2021): participant identities and everything keyed by them (individual
     updates, example counts, labels) are withheld, and the target need not be in the round.
     ``participation`` (the analytics report this round closes) passes only with its capability.
     """
+    if isinstance(transcript, GossipTranscript):
+        from gialab.peer_threat import observe_peer  # builds on this module's types
+
+        return observe_peer(transcript, truth, threat=threat, granted=granted, data=data, target=target,
+                            observer=observer, side_information=side_information)
     if anonymous:
         return _anonymous_view(transcript, threat=threat, granted=granted, data=data, target=target,
                                side_information=side_information, participation=participation)
@@ -227,6 +246,10 @@ def observe(
             f"victim {target} did not take part in round {transcript.round}; participants: "
             f"{', '.join(map(str, transcript.participants))}"
         )
+    if target in transcript.refused:
+        raise GialabError(f"victim {target} refused round {transcript.round}'s model and sent nothing: "
+                          f"{transcript.refused[target]}")
+    answered = tuple(c for c in transcript.participants if c not in transcript.refused)
     side = set(side_information)
     individual = Capability.OBSERVE_INDIVIDUAL in granted
     updates = {cid: u.tensors for cid, u in transcript.updates.items()} if individual else {}
@@ -236,7 +259,7 @@ def observe(
         validate_update(transcript.models[cid], tensors, f"client {cid}'s update")
     if aggregate is not None:
         validate_update(model, aggregate, "the aggregate")
-    visible = updates.keys() if individual else transcript.participants
+    visible = updates.keys() if individual else answered
     return Observation(
         threat_model=threat.name,
         capabilities=granted,
@@ -244,7 +267,7 @@ def observe(
         data=data,
         model=model,
         update_kind=transcript.update_kind,
-        participants=transcript.participants,
+        participants=answered,
         target=target,
         updates=updates,
         aggregate=aggregate,
@@ -259,6 +282,7 @@ def observe(
             if SideInformation.LABELS in side else None
         ),
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in side else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
         cohort_size=len(transcript.participants),
         participation=participation if Capability.PARTICIPATION_SIDE_CHANNEL in granted else None,
     )
@@ -291,6 +315,7 @@ def _anonymous_view(
         target=target,
         aggregate=aggregate,
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in set(side_information) else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
         cohort_size=len(transcript.participants),
         participation=participation if Capability.PARTICIPATION_SIDE_CHANNEL in granted else None,
     )
