@@ -137,6 +137,7 @@ def test_gate_withholds_identities_and_grants_counts_only_with_the_capability() 
     ({"fl.rounds": 10}, "identifiability.*more reported rounds than clients.*got 10 rounds .*for clients=10"),
     ({"fl.rounds": 19}, "identifiability.*got 10 rounds \\(fl.rounds=19, analytics_window=10\\)"),
     ({"fl.clients_per_round": 10}, "random participation"),
+    ({"fl.topology": "ring", "fl.clients_per_round": None}, "fl.topology=ring"),
     ({"analytics_window": None}, "analytics_window"),
     ({"examples_per_client": 4}, "examples_per_client equal to batch_size"),
     ({"extra_capabilities": []}, "needs capability participation_side_channel"),
