@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 
 class DisaggregationParams(AttackParams):
-    tol_scale: float = Field(0.05, gt=0, description="eq. 3's allowed residual |N^T p_k| per null-space direction, as "
+    tol_scale: float = Field(1.0, gt=0, description="eq. 3's allowed residual |N^T p_k| per null-space direction, as "
                                                       "a share of its rounding bound (s_r+1 / s_r) sqrt(|p_k|)")
     rank_tol: float = Field(1e-5, gt=0, lt=1, description="G's rank is the active users, or the singular values "
                                                           "above this times the largest if more")
