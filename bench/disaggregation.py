@@ -16,9 +16,9 @@ the FL simulation so large u stay affordable; ``--e2e U ...`` also times ``giala
 disaggregation`` end to end (FL rounds with secure aggregation, the attack, iDLG, metrics) at
 those sizes. ``exact`` is the share of users whose whole participation vector is right; the
 victim's update error is ||u_0 - u_0*|| / ||u_0*||. Torch runs on 1 thread; the MILPs on ``workers``
-processes (Ray when installed; its workers' CPU time is then not counted). ``attack CPU s`` is the
-attack's CPU time over all processes: on a loaded machine, divide it by the workers for the wall
-time on idle cores.
+processes (Ray when installed). ``attack CPU s`` is the attack's CPU time over all processes (each
+MILP timed in the process that solved it): on a loaded machine, divide it by the workers for
+about the wall time on idle cores.
 """
 
 from __future__ import annotations
@@ -64,14 +64,14 @@ def sample_participation(users: int, rounds: int, per_round: int, seed: int) -> 
     return matrix
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the process-pool workers), user + system.
+def own_cpu_seconds() -> float:
+    """CPU time of this process, all threads, user + system.
 
     On a shared machine the wall time measures the other tenants as much as the attack; the CPU
-    time does not, and CPU time / workers is what the run would take on that many idle cores.
+    time does not, and CPU time / workers is about what the run would take on that many idle cores.
     """
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, float]:
@@ -84,12 +84,15 @@ def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, fl
     reports = rounds // args.window
     windows = np.kron(np.eye(reports), np.ones(args.window))
     counts = windows @ truth
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started = time.perf_counter(), own_cpu_seconds()
     defaults = DisaggregationParams()
     recovery = recover_participation(aggregates, windows, counts, tol_scale=defaults.tol_scale, rank_tol=defaults.rank_tol,
                                      time_limit=args.time_limit, workers=workers)
     solved, recovered = individual_updates(aggregates, recovery)
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    seconds = time.perf_counter() - started
+    cpu = own_cpu_seconds() - cpu_started
+    if workers > 1:  # the MILPs ran in other processes, which time themselves
+        cpu += sum(s.cpu_seconds for s in recovery.solutions.values())
     exact = (recovery.matrix == truth).all(axis=0)
     victim = 0
     error = (float(np.linalg.norm(recovered[solved.index(victim)] - updates[victim]) / np.linalg.norm(updates[victim]))
@@ -114,18 +117,17 @@ def sampled(users: int, args: argparse.Namespace) -> dict[str, float]:
     windows = np.kron(np.eye(rounds // args.window), np.ones(args.window))
     counts = windows @ truth
     defaults = DisaggregationParams()
-    cpu_started = cpu_seconds()
+    cpu_started = own_cpu_seconds()
     active = [k for k in range(users) if counts[:, k].sum() > 0]
     null, rank, singular = left_null_space(aggregates, len(active), defaults.rank_tol)
     null_t = np.ascontiguousarray(null.T)
     tols = eq3_tolerances(singular, rank, windows, counts, defaults.tol_scale)
-    svd_cpu = cpu_seconds() - cpu_started
+    svd_cpu = own_cpu_seconds() - cpu_started
     picks = np.random.default_rng(args.seed).choice(active, size=min(args.sample, len(active)), replace=False)
     cpu, exact, timeouts = [], [], 0
     for k in picks:
-        started = cpu_seconds()
         solution = solve_user(null_t, UserProblem(windows, counts[:, k], tols[k]), args.time_limit)
-        cpu.append(cpu_seconds() - started)
+        cpu.append(solution.cpu_seconds)
         exact.append(solution.vector is not None and bool((solution.vector == truth[:, k]).all()))
         timeouts += solution.status == "time limit"
     return {"users": users, "rounds": rounds, "per_round": per_round, "sample": len(picks),

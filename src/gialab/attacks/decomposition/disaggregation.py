@@ -184,6 +184,7 @@ class GradientDisaggregation(Attack):
             "users_time_limit": float(statuses.count("time limit")),
             "users_infeasible": float(statuses.count("infeasible")),
             "milp_seconds_max": max((s.seconds for s in recovery.solutions.values()), default=0.0),
+            "milp_cpu_seconds_total": sum(s.cpu_seconds for s in recovery.solutions.values()),
             "disaggregation_seconds": solve_seconds,
             "victim_unique": unique,
             "victim_rounds": float(found.vector.sum()),
