@@ -140,7 +140,8 @@ def test_markdown_format(cli, sweep: Path) -> None:
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0].startswith("| paper | gialab attack | threat model | reconstruction method |")
-    assert lines[0].endswith("| gialab: secure_aggregation | gialab: dp_local(noise_multiplier=0.1) | claim vs gialab |")
+    assert lines[0].endswith("| batch | gialab: none | gialab: dp_local(noise_multiplier=0.1) | gialab: secure_aggregation "
+                             "| claim vs gialab |")  # columns as stored: none first, then by name
     width = lines[0].count(" | ")
     table = [line for line in lines[2:] if line.startswith("| ")]
     assert all(line.count(" | ") - line.count("\\|") >= width for line in table[:9])

@@ -84,7 +84,7 @@ def stored_records(db: Path) -> list[CellRecord]:
     """Every sweep cell the database holds, run or skipped, rebuilt from its stored scenario.
 
     For a report of a whole sweep folder (``gialab report``), whichever invocations filled it; cells
-    come in attack, batch size, defense column, seed order, as ``build_cells`` makes them.
+    come in attack, batch size, defense column (``none`` first, then by name), seed order.
     """
     if not db.exists():
         return []
@@ -95,7 +95,8 @@ def stored_records(db: Path) -> list[CellRecord]:
     for skip in read_skipped(db):
         cell = _cell(skip["scenario"], skip["config"], skip["cell_key"])
         records.append(CellRecord(cell, None, skip["reason"], skip["stage"]))
-    return sorted(records, key=lambda r: (r.cell.attack, r.cell.batch_size, r.cell.column.label, r.cell.seed))
+    return sorted(records, key=lambda r: (r.cell.attack, r.cell.batch_size, r.cell.column.label != "none",
+                                          r.cell.column.label, r.cell.seed))
 
 
 def _cell(preset: str, config: dict[str, Any], key: str) -> Cell:
