@@ -25,8 +25,9 @@ from gialab.matrix.report import REPORT, build_report, figure1_markdown, finish_
 from gialab.matrix.utility import UtilitySpec
 
 DP = "[{name: dp_local, noise_multiplier: 0.1}]"
-SPEC = SweepSpec(attacks=("fc-leakage", "trap-weights"), defenses=parse_defense_columns([f"none,secure_aggregation,{DP}"]),
-                 batch_sizes=(2, 4), seeds=1, profile="quick", overrides={"clients": 2})
+SPEC = SweepSpec(attacks=("fc-leakage", "trap-weights"),
+                 defenses=parse_defense_columns([f"none,secure_aggregation,{DP}"]), batch_sizes=(2, 4), seeds=1,
+                 profile="quick", overrides={"clients": 2})
 SA_REASON = "needs capability observe_individual"
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
@@ -140,8 +141,9 @@ def test_markdown_format(cli, sweep: Path) -> None:
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0].startswith("| paper | gialab attack | threat model | reconstruction method |")
-    assert lines[0].endswith("| batch | gialab: none | gialab: dp_local(noise_multiplier=0.1) | gialab: secure_aggregation "
-                             "| claim vs gialab |")  # columns as stored: none first, then by name
+    # columns as stored: none first, then by name
+    assert lines[0].endswith("| batch | gialab: none | gialab: dp_local(noise_multiplier=0.1) | "
+                             "gialab: secure_aggregation | claim vs gialab |")
     width = lines[0].count(" | ")
     table = [line for line in lines[2:] if line.startswith("| ")]
     assert all(line.count(" | ") - line.count("\\|") >= width for line in table[:9])

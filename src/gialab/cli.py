@@ -115,7 +115,7 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="seed for every run")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="smoke-test budgets: checks the plumbing in seconds")] = False,
 ) -> None:
-    """Run every implemented attack on embedded data, then a small matrix; one HTML page links the runs and its report."""
+    """Run every implemented attack on embedded data, then a small matrix; one page links the runs and its report."""
     from gialab.demo import MATRIX, run_demo
 
     with _progress_bar(sys.stderr.isatty()) as factory:

@@ -7,8 +7,9 @@ figure writes them (typesetting cleaned, nothing added), one :class:`PaperClaim`
 the figure, with the gialab attacks that implement the paper. ``claimed_defenses`` translates the
 figure's "Defense Broken" row into gialab defense names, so the report can set the claim beside
 what gialab measures under that defense; it is the only interpretation made here, and it follows
-the figure's own abbreviations (SA: secure aggregation, DDP: distributed differential privacy,
-Byzantine robust AGRs: robust aggregation rules).
+the figure's own abbreviations: SA is secure aggregation; SA + DDP is secure aggregation with
+distributed differential privacy, the two together; Byzantine robust AGRs are each of gialab's
+robust aggregation rules.
 
 The verdict rule (:func:`verdict`) is deliberately coarse, because the question the survey asks of
 a defense is whether any individual sample leaks: an image attack *breaks* a defense when, in the
@@ -108,7 +109,7 @@ FIGURE1: tuple[PaperClaim, ...] = (
         "6-layer fully connected neural net, same as Curious Abandon Honesty",
         "FedSGD under distributed differential privacy (DDP) and secure aggregation. M - 1 sybil devices for M "
         "sampled participants per round.", "Batch gradient after secure aggregation and DDP", "SA + DDP",
-        (("secure_aggregation",), ("dp_distributed",), ("dp_distributed", "secure_aggregation"))),
+        (("dp_distributed", "secure_aggregation"),)),
 )
 
 CLAIM_OF: dict[str, PaperClaim] = {attack: claim for claim in FIGURE1 for attack in claim.attacks}

@@ -120,8 +120,8 @@ def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys:
             f"<td>{html.escape(run['threat_model'])}</td>{cells}<td>{shown}</td></tr>"
         )
     more = "".join(
-        f'<p><a href="{html.escape(os.path.relpath(target.resolve(), path.parent.resolve()))}">{html.escape(caption)}</a></p>'
-        for caption, target in (links or {}).items())
+        f'<p><a href="{html.escape(os.path.relpath(target.resolve(), path.parent.resolve()))}">'
+        f"{html.escape(caption)}</a></p>" for caption, target in (links or {}).items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>
 {more}<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"""
