@@ -74,6 +74,9 @@ def run_command(
     for key, value in s["metrics"].items():
         table.add_row(key, "unavailable" if value is None else f"{value:.4g}")
     out.print(table)
+    if s.get("audit", {}).get("victim_refused"):
+        last = [r for r in s["audit"]["refusals"] if r["client"] == result.scenario.victim][-1]
+        out.print(f"the victim refused every model it was sent (round {last['round']}: {last['reasons']})")
     out.print(f"run folder: {s['run_dir']}  ({s['runtime_s']:.1f} s)")
 
 

@@ -63,6 +63,8 @@ class Scenario(BaseModel):
     data_path: Path | None = Field(None, description="folder for cifar10, cifar100 and image-folder")
     model: str = "lenet"
     weights: Path | None = Field(None, description="state dict loaded with torch.load(weights_only=True)")
+    pretrain_steps: NonNegativeInt = Field(0, description=(
+        "Adam steps on the dataset before round 1, standing in for rounds FL has already run (images only)"))
     sequence_length: PositiveInt | None = Field(None, description="tokens per sequence, text datasets only (default 32)")
     batch_size: PositiveInt = Field(1, description="examples each client trains on in a round")
     examples_per_client: PositiveInt | None = Field(None, description="local data size; default batch_size")
@@ -74,6 +76,11 @@ class Scenario(BaseModel):
     extra_capabilities: tuple[Capability, ...] = ()
     side_information: tuple[SideInformation, ...] = ()
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
+    attacker: NonNegativeInt | None = Field(
+        None, description="the curious node under a gossip fl.topology; default the victim's lowest-numbered neighbour")
+    malicious_clients: NonNegativeInt | tuple[NonNegativeInt, ...] | None = Field(None, description=(
+        "client-side attacks: the malicious client's id, or the ids of coordinated ones (the victims are "
+        "all other clients)"))
     attack: AttackConfig
     defenses: tuple[DefenseConfig, ...] = ()
     device: str = "cpu"
@@ -83,6 +90,13 @@ class Scenario(BaseModel):
     @property
     def local_examples(self) -> int:
         return self.examples_per_client or self.batch_size
+
+    @property
+    def malicious_ids(self) -> tuple[int, ...]:
+        """The malicious clients' ids (empty when no client is malicious)."""
+        if self.malicious_clients is None:
+            return ()
+        return (self.malicious_clients,) if isinstance(self.malicious_clients, int) else tuple(self.malicious_clients)
 
 
 def _preset_dir() -> Any:

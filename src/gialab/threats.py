@@ -17,6 +17,7 @@ from torch import nn
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError, unknown_name
+from gialab.fl.gossip import GossipTranscript
 from gialab.fl.protocol import RoundTranscript, RoundTruth, ServerPlan
 from gialab.fl.setup import FLSetup
 
@@ -70,6 +71,11 @@ THREAT_MODELS: dict[str, ThreatModel] = {
             frozenset({_C.OBSERVE_AGGREGATE, _C.POISON_OWN_UPDATE}),
             "sees only the global model's change and controls its own update",
         ),
+        ThreatModel(
+            "honest-but-curious-peer",
+            frozenset({_C.OBSERVE_INDIVIDUAL, _C.OBSERVE_AGGREGATE}),
+            "a gossip node: follows the protocol, inverts its neighbours' messages (peer_threat.py)",
+        ),
     )
 }
 EXTRA_CAPABILITIES = frozenset({_C.SYBIL_CLIENTS, _C.PARTICIPATION_SIDE_CHANNEL})
@@ -119,6 +125,8 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
         needs.add(Capability.PER_CLIENT_MODELS)
     if plan.participants is not None:
         needs.add(Capability.CONTROL_SAMPLING)
+    if plan.sybils is not None and plan.sybils.count != 0:
+        needs.add(Capability.SYBIL_CLIENTS)
     return frozenset(needs)
 
 
@@ -126,8 +134,11 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
 class Observation:
     """What the attacker has after one round, and nothing else.
 
-    ``updates`` is empty unless individual updates are observable. ``target`` is the client the
-    attacker aims at (the scenario's victim). Side information fields are ``None`` unless declared.
+    ``updates`` is empty unless individual updates are observable. ``participants`` are the
+    clients whose updates make up the round (one that refused its model is not among them).
+    ``target`` is the client the attacker aims at (the scenario's victim). Side information
+    fields are ``None`` unless declared.
+    ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
     """
 
     threat_model: str
@@ -143,6 +154,7 @@ class Observation:
     example_counts: Mapping[int, int] | None = None
     labels: Mapping[int, torch.Tensor] | None = None
     fl_setup: FLSetup | None = None
+    sybils: tuple[int, ...] = ()
 
     def target_update(self) -> tuple[torch.Tensor, ...]:
         """The victim's own update; needs ``observe_individual``."""
@@ -169,7 +181,7 @@ def validate_update(model: nn.Module, tensors: tuple[torch.Tensor, ...], what: s
 
 
 def observe(
-    transcript: RoundTranscript,
+    transcript: RoundTranscript | GossipTranscript,
     truth: RoundTruth,
     *,
     threat: ThreatModel,
@@ -177,13 +189,26 @@ def observe(
     data: DataSpec,
     target: int,
     side_information: Iterable[SideInformation] = (),
+    observer: int | None = None,
 ) -> Observation:
-    """Build the attacker's view of a round. Truth is read only for declared side information."""
+    """Build the attacker's view of a round. Truth is read only for declared side information.
+
+    A gossip round has no server: the attacker is node ``observer`` and sees what reached it.
+    """
+    if isinstance(transcript, GossipTranscript):
+        from gialab.peer_threat import observe_peer  # builds on this module's types
+
+        return observe_peer(transcript, truth, threat=threat, granted=granted, data=data, target=target,
+                            observer=observer, side_information=side_information)
     if target not in transcript.participants:
         raise GialabError(
             f"victim {target} did not take part in round {transcript.round}; participants: "
             f"{', '.join(map(str, transcript.participants))}"
         )
+    if target in transcript.refused:
+        raise GialabError(f"victim {target} refused round {transcript.round}'s model and sent nothing: "
+                          f"{transcript.refused[target]}")
+    answered = tuple(c for c in transcript.participants if c not in transcript.refused)
     side = set(side_information)
     individual = Capability.OBSERVE_INDIVIDUAL in granted
     updates = {cid: u.tensors for cid, u in transcript.updates.items()} if individual else {}
@@ -193,7 +218,7 @@ def observe(
         validate_update(transcript.models[cid], tensors, f"client {cid}'s update")
     if aggregate is not None:
         validate_update(model, aggregate, "the aggregate")
-    visible = updates.keys() if individual else transcript.participants
+    visible = updates.keys() if individual else answered
     return Observation(
         threat_model=threat.name,
         capabilities=granted,
@@ -201,7 +226,7 @@ def observe(
         data=data,
         model=model,
         update_kind=transcript.update_kind,
-        participants=transcript.participants,
+        participants=answered,
         target=target,
         updates=updates,
         aggregate=aggregate,
@@ -216,4 +241,5 @@ def observe(
             if SideInformation.LABELS in side else None
         ),
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in side else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
     )

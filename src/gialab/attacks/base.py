@@ -1,8 +1,9 @@
 """What every attack is: a small surface between the threat layer and the metrics.
 
 An attack is built from validated hyperparameters (its ``Params`` model), may check the model it
-is asked to attack, may plan what a malicious server sends (``plan_server``), and turns one
-``Observation`` into a ``Reconstruction``. It never sees ground truth, and it never imports metrics.
+is asked to attack, may plan what a malicious server sends (``plan_server``) or, as a malicious
+client, what its own client sends (``craft_update``), and turns one ``Observation`` into a
+``Reconstruction``. It never sees ground truth, and it never imports metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import nn
 
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
+from gialab.fl.client import ClientUpdate, LocalBatch
 from gialab.fl.protocol import ServerPlan
+from gialab.fl.setup import FLSetup
 from gialab.threats import Capability, Observation
 
 Progress = Callable[[int, int], None]
@@ -43,7 +46,7 @@ class AttackContext:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     progress: Progress = no_progress
-    target: int = 0
+    target: int = 0  # the client the attacker aims at (the scenario's victim), known before round 1
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,15 @@ class IsolatedUpdate:
 
     ``update`` is the aggregate as observed, aligned with the parameters of the model ``client``
     received; ``claimed`` lists the parameter indices the attack vouches for (the others it knows
-    still carry other clients' contributions).
+    still carry other clients' contributions). ``model``, when the attack knows it (it is the one the
+    server sent), lets the truth side recompute the client's clean update from its private batch
+    and measure the noise still covering the exposed one (``victim_noise_std``).
     """
 
     client: int
     update: tuple[torch.Tensor, ...]
     claimed: tuple[int, ...]
+    model: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,9 @@ class Reconstruction:
     """Recovered images in [0, 1] and, where the attack infers them, labels.
 
     ``source`` is the client whose data this claims to be, or ``None`` for the whole round's
-    participants (an attack on the aggregate). ``reference`` is the attack's starting point,
+    participants (an attack on the aggregate). ``target_class``, when set, narrows the claim to
+    that class's examples of those participants (a class-targeted attack such as CGI); a malicious
+    client's own examples are never part of the claim. ``reference`` is the attack's starting point,
     so relative metrics (RDLV) can tell what the attack added. ``details`` holds the attack's own
     measurements (final gradient distance, iterations run, ...), all plain floats.
     """
@@ -88,6 +96,7 @@ class Reconstruction:
     details: dict[str, float] = field(default_factory=dict)
     isolated: IsolatedGradient | None = None
     isolated_update: IsolatedUpdate | None = None
+    target_class: int | None = None
 
 
 class Attack(ABC):
@@ -133,11 +142,34 @@ class Attack(ABC):
         raise GialabError(f"{self.name} inverts FedAvg model deltas; this scenario sends FedSGD gradients "
                           "(set fl.algorithm=fedavg, or use an attack on gradients)")
 
+    def check_classes(self, num_classes: int, dataset: str) -> None:
+        """Raise ``GialabError`` when hyperparameters name a class ``dataset`` lacks; default: no check.
+
+        Asked before any work where the class count is known from the name (built-in sets, CIFAR),
+        so a class-targeted attack refuses a bad class in a fraction of a second.
+        """
+
     def check_model(self, model: nn.Module, data: DataSpec) -> None:
         """Raise ``GialabError`` when this attack cannot handle ``model``; default: any model."""
 
     def plan_server(self, model: nn.Module, data: DataSpec) -> ServerPlan | None:
         """A malicious server's deviation from the protocol; honest attacks return ``None``."""
+        return None
+
+    def join(self, clients: Mapping[int, LocalBatch], data: DataSpec) -> None:
+        """Before round 1: the malicious clients this attack acts as, by id, with their own data.
+
+        Raise ``GialabError`` to refuse (e.g. data the attack cannot work with).
+        """
+
+    def craft_update(
+        self, model: nn.Module, honest: ClientUpdate, own: LocalBatch, setup: FLSetup, round_index: int
+    ) -> tuple[torch.Tensor, ...] | None:
+        """What a malicious client sends instead of ``honest`` (see ``fl.malicious``); ``None`` sends it.
+
+        Only attacks that need ``poison_own_update`` are given clients (the scenario's ``attacker``);
+        with several, each calls this with its own honest update and data.
+        """
         return None
 
     def observe_round(self, observation: Observation) -> None:

@@ -13,16 +13,25 @@ from pathlib import Path
 
 from gialab.data.cifar import load_cifar
 from gialab.data.dataset import ImageDataset
+from gialab.data.digits import CLASS_NAMES as DIGIT_CLASSES
 from gialab.data.digits import load_digits_dataset
+from gialab.data.faces import CLASS_NAMES as FACE_CLASSES
 from gialab.data.faces import load_faces
 from gialab.data.image_folder import load_image_folder
-from gialab.data.natural import load_natural
+from gialab.data.natural import PHOTOS, load_natural
 from gialab.data.text import DEFAULT_SEQUENCE_LENGTH, TEXT_DATASETS, TextDataset, load_text
 from gialab.errors import GialabError, unknown_name
 
 BUILTIN_DATASETS = ("natural", "faces", "digits")
 PATH_DATASETS = ("cifar10", "cifar100", "image-folder")
 DATASETS = BUILTIN_DATASETS + PATH_DATASETS
+_CLASS_COUNTS = {"natural": len(PHOTOS), "faces": len(FACE_CLASSES), "digits": len(DIGIT_CLASSES),
+                 "cifar10": 10, "cifar100": 100}
+
+
+def class_count(name: str) -> int | None:
+    """How many classes image set ``name`` has, known without loading it (None: it depends on the files)."""
+    return _CLASS_COUNTS.get(name)
 
 
 def load_dataset(

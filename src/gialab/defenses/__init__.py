@@ -1,8 +1,8 @@
 """Defenses: client-side update transforms and aggregators (survey section 2.2).
 
-Each defense registers by name with its own parameters (``registry``) and takes one of the two
-shapes in ``base``; a scenario lists them in order (client-side transforms, then at most one
-aggregator; without one the server takes the example-weighted mean).
+Each defense registers by name with its own parameters (``registry``) and takes one of the
+shapes in ``base``; a scenario lists them in order (client-side transforms and model audits,
+then at most one aggregator; without one the server takes the example-weighted mean).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gialab.defenses.base import Aggregator, RoundSizeChecked, UpdateTransform
+from gialab.defenses.base import Aggregator, ModelAudit, RoundSizeChecked, UpdateTransform
 from gialab.defenses.mean import WeightedMean
 from gialab.defenses.registry import DefenseParams, build_defense, defense_classes, register_defense
 from gialab.errors import GialabError
@@ -21,6 +21,7 @@ from gialab.errors import GialabError
 class DefenseStack:
     transforms: tuple[UpdateTransform, ...]
     aggregator: Aggregator
+    audits: tuple[ModelAudit, ...] = ()  # client-side checks of the received model, before training
 
     @property
     def aggregate_only(self) -> bool:
@@ -37,6 +38,7 @@ class DefenseStack:
 def resolve_defenses(configs: Sequence[str | Mapping[str, Any]]) -> DefenseStack:
     """Build the scenario's defenses in order: ``name`` or ``{name: ..., <parameter>: ...}``."""
     transforms: list[UpdateTransform] = []
+    audits: list[ModelAudit] = []
     aggregator: Aggregator | None = None
     for config in configs:
         name, parameters = (config, {}) if isinstance(config, str) else (
@@ -46,19 +48,19 @@ def resolve_defenses(configs: Sequence[str | Mapping[str, Any]]) -> DefenseStack
             if aggregator is not None:
                 raise GialabError(f"defenses {aggregator.name!r} and {name!r} are both aggregators; keep one")
             aggregator = defense
-        elif isinstance(defense, UpdateTransform):
+        elif isinstance(defense, (ModelAudit, UpdateTransform)):
             if aggregator is not None:
                 raise GialabError(
                     f"client-side defense {name!r} is listed after the aggregator {aggregator.name!r}; "
                     "list client-side transforms first"
                 )
-            transforms.append(defense)
+            (audits if isinstance(defense, ModelAudit) else transforms).append(defense)  # type: ignore[arg-type]
         else:
-            raise TypeError(f"defense {name!r} is neither an UpdateTransform nor an Aggregator")
-    return DefenseStack(tuple(transforms), aggregator or WeightedMean())
+            raise TypeError(f"defense {name!r} is neither an UpdateTransform, a ModelAudit nor an Aggregator")
+    return DefenseStack(tuple(transforms), aggregator or WeightedMean(), tuple(audits))
 
 
 __all__ = [
-    "Aggregator", "DefenseParams", "DefenseStack", "UpdateTransform", "WeightedMean", "build_defense",
+    "Aggregator", "DefenseParams", "DefenseStack", "ModelAudit", "UpdateTransform", "WeightedMean", "build_defense",
     "defense_classes", "register_defense", "resolve_defenses",
 ]

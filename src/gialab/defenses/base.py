@@ -1,4 +1,4 @@
-"""The two shapes a defense can take inside the protocol.
+"""The shapes a defense can take inside the protocol.
 
 A client-side ``UpdateTransform`` (DP noise, clipping, compression) changes one client's update
 before it leaves the client; an ``Aggregator`` (mean, secure aggregation, robust rules) turns the
@@ -15,16 +15,27 @@ first round. ``CohortAware``: the protocol announces the round's participant cou
 clients train (distributed DP sizes each client's noise share by it). ``PrivacyAccounted``: the
 runner records the (epsilon, delta) the defense's setting guarantees in the run's JSON.
 
+A ``ModelAudit`` acts before training instead of after it: the client inspects the model it
+received (and its own batch's activations through it) against the commitment the server
+published for the round, and a model with any finding is refused: the client sends no update
+that round, and the transcript records why (``RoundTranscript.refused``).
+
 ``RoundSizeChecked``: a defense that works only for some round sizes n (secure aggregation's
 threshold t <= n, a robust rule's Byzantine budget f against n) says so before any work: the runner
 calls ``check_round_size`` with the planned participant count, so a scenario it can never run is
 refused with one line before the data is loaded, not after rounds of training. The check at
 aggregation time stays, for rounds a malicious server sizes itself.
+
+One optional hook on aggregators: ``ReportsAcceptance``. A Byzantine-robust rule decides which
+client updates it lets into the aggregate; the protocol records those client ids in the round's
+transcript (``RoundTranscript.accepted``), the server's own log, so whether a poisoned update
+survived the rule is measurable (``robust_rule`` states what "accepted" means for each kind of rule).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -47,6 +58,17 @@ class Aggregator(Protocol):
     reveals_individual: bool
 
     def __call__(self, updates: Sequence[ClientUpdate], generator: torch.Generator) -> tuple[torch.Tensor, ...]: ...
+
+
+@runtime_checkable
+class ReportsAcceptance(Protocol):
+    """An aggregator that also says which clients' updates its aggregate accepted (sorted ids)."""
+
+    name: str
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]: ...
 
 
 @runtime_checkable
@@ -82,6 +104,29 @@ class PrivacyAccounted(Protocol):
         self, setup: FLSetup, *, clients: int, batch_size: int, local_examples: int
     ) -> dict[str, float | None]: ...
 
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One reason to distrust a received model: the check that fired and what it saw."""
+
+    check: str
+    reason: str
+
+
+@runtime_checkable
+class ModelAudit(Protocol):
+    """Inspects a received model before the client trains; any finding means the client refuses.
+
+    ``images``/``labels`` are the batch the client would train on (token ids for text), so
+    checks may look at what the model does with the client's own data; ``commitment`` is the
+    digest the server published for the round (``fl.commitment.model_commitment``), or ``None``.
+    """
+
+    name: str
+
+    def audit(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, commitment: str | None
+    ) -> list[AuditFinding]: ...
 
 @runtime_checkable
 class RoundSizeChecked(Protocol):

@@ -89,10 +89,17 @@ class DistributedDP:
         ``epsilon_isolated``: one update alone (no secure aggregation, or M - 1 sybils adding no
         noise, Boenisch et al. 2023a), noise multiplier sigma / sqrt(M - 1). Sample rate 1 and one
         step per round, as for ``dp_local`` (the server picks the cohort).
+        ``noise_std_promised``: the per-coordinate noise std the protocol promises each update in
+        the sum, sigma * C (any M - 1 honest shares); ``noise_std_isolated``: what an isolated
+        update carries, its own share sigma * C / sqrt(M - 1).
         """
         m = _check_cohort(self.params.clients or setup.clients_per_round or clients)
         sigma = self.params.noise_multiplier
         report = privacy_report(self.params, noise_multiplier=sigma * math.sqrt(m / (m - 1)), sample_rate=1.0,
                                 steps=setup.rounds)
         isolated = rdp_epsilon(sigma / math.sqrt(m - 1), 1.0, setup.rounds, self.params.delta)
-        return report | {"clients_per_round": float(m), "epsilon_isolated": isolated}
+        return report | {
+            "clients_per_round": float(m), "epsilon_isolated": isolated,
+            "noise_std_promised": sigma * self.params.clip,
+            "noise_std_isolated": sigma * self.params.clip / math.sqrt(m - 1),
+        }

@@ -19,7 +19,7 @@ import torch
 from gialab.defenses.registry import register_defense
 from gialab.defenses.robust_coordinate import coordinate_median
 from gialab.defenses.robust_krum import krum_scores_from_distances, squared_distances
-from gialab.defenses.robust_rule import ByzantineParams, require_clients, stack_updates, unflatten
+from gialab.defenses.robust_rule import ByzantineParams, client_ids, require_clients, stack_updates, unflatten
 from gialab.fl.client import ClientUpdate
 
 
@@ -68,5 +68,16 @@ class Bulyan:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """Bulyan's aggregate, and the clients its repeated-Krum stage kept as the ones accepted."""
+        f = self.params.byzantine
         self.check_round_size(len(updates))
-        return unflatten(bulyan(stack_updates(updates), self.params.byzantine), updates[0])
+        rows = stack_updates(updates)
+        chosen = bulyan_selection(rows, f)
+        selected = rows[chosen]
+        aggregate = closest_to_median_mean(selected, selected.shape[0] - 2 * f)
+        return unflatten(aggregate, updates[0]), client_ids(updates, chosen)

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import torch
 
 from gialab.defenses.registry import register_defense
-from gialab.defenses.robust_rule import ByzantineParams, require_clients, stack_updates, unflatten
+from gialab.defenses.robust_rule import (
+    ByzantineParams, coordinate_acceptance, require_clients, stack_updates, unflatten,
+)
 from gialab.fl.client import ClientUpdate
 
 
@@ -57,8 +59,19 @@ class Median:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The median, and the clients whose values are a middle value often enough (``robust_rule``)."""
         self.check_round_size(len(updates))
-        return unflatten(coordinate_median(stack_updates(updates)), updates[0])
+        rows = stack_updates(updates)
+        n = rows.shape[0]
+        ordered = rows.sort(dim=0).values
+        low, high = ordered[(n - 1) // 2], ordered[n // 2]
+        accepted = coordinate_acceptance(updates, rows, low, high, 2 - n % 2)
+        return unflatten((low + high) / 2, updates[0]), accepted
 
 
 @register_defense
@@ -78,5 +91,17 @@ class TrimmedMean:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The trimmed mean, and the clients whose values survive the trim often enough (``robust_rule``)."""
+        f = self.params.byzantine
         self.check_round_size(len(updates))
-        return unflatten(trimmed_mean(stack_updates(updates), self.params.byzantine), updates[0])
+        rows = stack_updates(updates)
+        n = rows.shape[0]
+        ordered = rows.sort(dim=0).values
+        kept = ordered[f: n - f]
+        accepted = coordinate_acceptance(updates, rows, kept[0], kept[-1], n - 2 * f)
+        return unflatten(kept.mean(dim=0), updates[0]), accepted

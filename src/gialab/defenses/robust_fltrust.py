@@ -27,11 +27,17 @@ import torch
 from pydantic import Field
 
 from gialab.defenses.registry import DefenseParams, register_defense
-from gialab.defenses.robust_rule import stack_updates, unflatten
+from gialab.defenses.robust_rule import client_ids, stack_updates, unflatten
 from gialab.errors import GialabError
 from gialab.fl.client import ClientUpdate
 
 RootUpdate = Callable[[Sequence[ClientUpdate]], Sequence[torch.Tensor]]
+
+
+def trust_scores(rows: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+    """Each row's trust score ``ReLU(cos(row, root))``."""
+    tiny = torch.finfo(rows.dtype).tiny
+    return torch.relu(rows @ root / (rows.norm(dim=1) * root.norm()).clamp_min(tiny))
 
 
 def fltrust(rows: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,7 @@ def fltrust(rows: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(rows.dtype).tiny
     root_norm = root.norm()
     norms = rows.norm(dim=1)
-    trust = torch.relu(rows @ root / (norms * root_norm).clamp_min(tiny))
+    trust = trust_scores(rows, root)
     if float(trust.sum()) == 0.0:
         return torch.zeros_like(root)
     rescaled = rows * (root_norm / norms.clamp_min(tiny)).unsqueeze(1)
@@ -72,6 +78,12 @@ class FLTrust:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The aggregate, and the clients with a positive trust score as the ones accepted."""
         if self.root_update is not None:
             clients = list(updates)
             root = torch.cat([t.reshape(-1) for t in self.root_update(updates)])
@@ -85,4 +97,6 @@ class FLTrust:
             root = torch.cat([t.reshape(-1) for t in roots[0].tensors])
         if not clients:
             raise GialabError("fltrust needs at least one client update besides the root update; use clients >= 2")
-        return unflatten(fltrust(stack_updates(clients), root), clients[0])
+        rows = stack_updates(clients)
+        trusted = (trust_scores(rows, root) > 0).nonzero().flatten().tolist()
+        return unflatten(fltrust(rows, root), clients[0]), client_ids(clients, trusted)

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from gialab.defenses.registry import register_defense
-from gialab.defenses.robust_rule import ByzantineParams, require_clients, stack_updates, unflatten
+from gialab.defenses.robust_rule import ByzantineParams, client_ids, require_clients, stack_updates, unflatten
 from gialab.errors import GialabError
 from gialab.fl.client import ClientUpdate
 
@@ -74,10 +74,17 @@ class Krum:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The selected update, and its client as the one accepted."""
         f = self.params.byzantine
         self.check_round_size(len(updates))
         rows = stack_updates(updates)
-        return unflatten(rows[krum_select(rows, f)], updates[0])
+        pick = krum_select(rows, f)
+        return unflatten(rows[pick], updates[0]), client_ids(updates, [pick])
 
 
 class MultiKrumParams(ByzantineParams):
@@ -105,9 +112,15 @@ class MultiKrum:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The mean of the ``select`` best-scored updates, and their clients as the ones accepted."""
         f, n = self.params.byzantine, len(updates)
         self.check_round_size(n)
         m = self.params.select if self.params.select is not None else n - f
         rows = stack_updates(updates)
         chosen = krum_scores(rows, f).argsort(stable=True)[:m]
-        return unflatten(rows[chosen].mean(dim=0), updates[0])
+        return unflatten(rows[chosen].mean(dim=0), updates[0]), client_ids(updates, chosen.tolist())

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from gialab.defenses.registry import DefenseParams, register_defense
-from gialab.defenses.robust_rule import stack_updates, unflatten
+from gialab.defenses.robust_rule import client_ids, stack_updates, unflatten
 from gialab.fl.client import ClientUpdate
 
 
@@ -45,4 +45,12 @@ class NormBound:
     def __call__(
         self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
-        return unflatten(clip_rows(stack_updates(updates), self.params.bound).mean(dim=0), updates[0])
+        return self.aggregate_with_acceptance(updates, generator)[0]
+
+    def aggregate_with_acceptance(
+        self, updates: Sequence[ClientUpdate], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+        """The mean of the clipped updates, and the clients within the bound (not clipped) as accepted."""
+        rows = stack_updates(updates)
+        within = (rows.norm(dim=1) <= self.params.bound).nonzero().flatten().tolist()
+        return unflatten(clip_rows(rows, self.params.bound).mean(dim=0), updates[0]), client_ids(updates, within)

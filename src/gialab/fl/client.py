@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +46,8 @@ class Client:
     the round, visited for E epochs in local mini-batches.
     """
 
+    honest: ClassVar[bool] = True  # a malicious client (``fl.malicious``) says False
+
     def __init__(self, client_id: int, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.client_id = client_id
         self._images = images
@@ -54,7 +57,12 @@ class Client:
     def num_examples(self) -> int:
         return int(self._labels.shape[0])
 
-    def _batch(self, batch_size: int, generator: torch.Generator) -> LocalBatch:
+    def local_data(self) -> LocalBatch:
+        """All the examples this client holds (its own to use: a malicious client trains on them)."""
+        return LocalBatch(self._images, self._labels)
+
+    def draw_batch(self, batch_size: int, generator: torch.Generator) -> LocalBatch:
+        """The round's examples; ``train`` draws them itself unless given a batch drawn earlier."""
         if batch_size > self.num_examples:
             raise GialabError(
                 f"batch_size {batch_size} is larger than client {self.client_id}'s data "
@@ -76,9 +84,14 @@ class Client:
         round_index: int,
         generator: torch.Generator,
         gradient: GradientFn = mean_loss_gradient,
+        batch: LocalBatch | None = None,
     ) -> tuple[ClientUpdate, LocalBatch]:
-        """One round's update; ``gradient`` computes each step (a defense such as DP-SGD may supply it)."""
-        batch = self._batch(batch_size, generator)
+        """One round's update; ``gradient`` computes each step (a defense such as DP-SGD may supply it).
+
+        ``batch``: the examples to train on, when the client drew them before training (to audit
+        the received model on them, ``defenses.base.ModelAudit``); by default drawn here.
+        """
+        batch = batch if batch is not None else self.draw_batch(batch_size, generator)
         if setup.algorithm == "fedsgd":
             tensors = fedsgd_update(model, loss_fn, batch.images, batch.labels, gradient=gradient, generator=generator)
         else:

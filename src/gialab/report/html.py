@@ -41,6 +41,19 @@ def _table(rows: Mapping[str, Any]) -> str:
     return f"<table>{body}</table>"
 
 
+def _audit(summary: Mapping[str, Any]) -> str:
+    """The model audit's refusals (client-side ``model_audit``), one row per refused model."""
+    audit = summary.get("audit")
+    if audit is None:
+        return ""
+    verdict = "refused every model it was sent" if audit["victim_refused"] else "trained on a model it accepted"
+    rows = "".join(f"<tr><td>{r['round']}</td><td>{r['client']}</td><td>{html.escape(r['reasons'])}</td></tr>"
+                   for r in audit["refusals"])
+    table = (f"<table><tr><th>round</th><th>client</th><th>reasons</th></tr>{rows}</table>" if rows
+             else "<p>No client refused a model.</p>")
+    return f"<h2>Model audit</h2><p>The victim {verdict}.</p>{table}"
+
+
 def _tokens(pieces: Sequence[str], wrong: Sequence[bool]) -> str:
     return " ".join(f'<span class="wrong">{html.escape(p)}</span>' if bad else html.escape(p)
                     for p, bad in zip(pieces, wrong, strict=True))
@@ -91,6 +104,7 @@ Threat model <b>{html.escape(summary['threat_model'])}</b>, reconstruction famil
 <b>{html.escape(str(record.get('family', '')))}</b>.</p>
 {shown}
 <h2>Metrics</h2>{_table(summary['metrics'])}
+{_audit(summary)}
 <h2>Attack details</h2>{_table(summary.get('attack_details', {}))}
 <h2>FL setup</h2>{_table(summary['fl_setup'])}
 <h2>Resolved scenario</h2><pre>{html.escape(json.dumps(summary['config'], indent=2))}</pre>

@@ -81,7 +81,7 @@ def pick_labels(observation: Observation, model: nn.Module, observed: tuple[Tens
     return batch_labels(model, observed, n)
 
 
-def _restart_init(seed: int, restarts: int, shape: tuple[int, ...], mean: Tensor, std: Tensor) -> Tensor:
+def restart_init(seed: int, restarts: int, shape: tuple[int, ...], mean: Tensor, std: Tensor) -> Tensor:
     """Gaussian starting images, restart ``r`` drawn from its own generator, so batching changes nothing.
 
     Their ``init='randn'`` draws in the normalized space, i.e. ``mean + std * N(0, 1)`` in pixels:
@@ -161,7 +161,7 @@ class InvertingGradients(Attack):
 
         start = time.perf_counter()
         spec = observation.data
-        x0 = _restart_init(self.context.seed, p.restarts, (n, *spec.shape),
+        x0 = restart_init(self.context.seed, p.restarts, (n, *spec.shape),
                            torch.tensor(spec.mean), torch.tensor(spec.std)).to(device)
         chunks = [x0] if p.batched else list(x0.split(1))
         mean = torch.tensor(spec.mean, device=device).view(-1, 1, 1)
@@ -186,37 +186,46 @@ class InvertingGradients(Attack):
         self, step: Callable[[Tensor], tuple[Tensor, Tensor]], x0: Tensor, mean: Tensor, std: Tensor,
         p: InvertingGradientsParams,
     ) -> tuple[Tensor, Tensor, int]:
-        """Signed Adam with step decay and box projection; returns final images, distances, steps.
+        return signed_adam(step, x0, mean, std, lr=p.lr, iterations=p.iterations,
+                           progress=self.context.progress, early_stop_patience=p.early_stop_patience)
 
-        Like their code, it moves the normalized image ``z = (x - mean) / std`` (so ``lr`` means what
-        it means there); the sign of the gradient is the same in both spaces.
-        """
-        low, high = -mean / std, (1 - mean) / std
-        x = ((x0 - mean) / std).requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=p.lr)
-        milestones = [int(p.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-        best = torch.full((), torch.inf, device=x.device)
-        best_seen, last_improved = float("inf"), 0
-        done = 0
-        check_every = min(_CHECK_EVERY, p.early_stop_patience or _CHECK_EVERY)
-        for it in range(1, p.iterations + 1):
-            g, distance = step(mean + std * x.detach())
-            x.grad = g.sign()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                torch.clamp(x, low, high, out=x)
-            best = torch.minimum(best, distance.min().detach())
-            done = it
-            if it % check_every == 0 or it == p.iterations:
-                self.context.progress(it, p.iterations)
-                if p.early_stop_patience:
-                    value = float(best)
-                    if value < best_seen * (1 - 1e-4):
-                        best_seen, last_improved = value, it
-                    elif it - last_improved >= p.early_stop_patience:
-                        break
-        images = mean + std * x.detach()
-        _, final = step(images)  # score the images actually returned
-        return images, final.detach(), done
+
+def signed_adam(
+    step: Callable[[Tensor], tuple[Tensor, Tensor]], x0: Tensor, mean: Tensor, std: Tensor, *, lr: float,
+    iterations: int, progress: Callable[[int, int], None], early_stop_patience: int = 0,
+) -> tuple[Tensor, Tensor, int]:
+    """Signed Adam with step decay and box projection; returns final images, distances, steps.
+
+    Like their code, it moves the normalized image ``z = (x - mean) / std`` (so ``lr`` means what
+    it means there); the sign of the gradient is the same in both spaces. Shared with the attacks
+    that reuse Geiping et al.'s optimizer on their own objective (CGI's eq. 19).
+    """
+    low, high = -mean / std, (1 - mean) / std
+    x = ((x0 - mean) / std).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    best = torch.full((), torch.inf, device=x.device)
+    best_seen, last_improved = float("inf"), 0
+    done = 0
+    check_every = min(_CHECK_EVERY, early_stop_patience or _CHECK_EVERY)
+    for it in range(1, iterations + 1):
+        g, distance = step(mean + std * x.detach())
+        x.grad = g.sign()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            torch.clamp(x, low, high, out=x)
+        best = torch.minimum(best, distance.min().detach())
+        done = it
+        if it % check_every == 0 or it == iterations:
+            progress(it, iterations)
+            if early_stop_patience:
+                value = float(best)
+                if value < best_seen * (1 - 1e-4):
+                    best_seen, last_improved = value, it
+                elif it - last_improved >= early_stop_patience:
+                    break
+    images = mean + std * x.detach()
+    _, final = step(images)  # score the images actually returned
+    return images, final.detach(), done
