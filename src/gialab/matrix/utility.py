@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gialab.errors import GialabError
 from gialab.fl.setup import FLSetup
 from gialab.fl.utility import federated_accuracy
@@ -56,9 +58,22 @@ def utility_key(spec: UtilitySpec, column: DefenseColumn) -> str:
 
 
 def measure_utility(spec: UtilitySpec, columns: Sequence[DefenseColumn], db: Path) -> int:
-    """Train once per column not yet stored; returns how many trainings ran."""
+    """Train once per column not yet stored; returns how many trainings ran.
+
+    One torch thread, as a sweep's cells run: the accuracy then does not depend on the machine's
+    thread count, and a loaded machine is not oversubscribed.
+    """
     if spec.rounds < 1:
         raise GialabError(f"--utility-rounds must be at least 1 to measure utility, got {spec.rounds}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(spec, columns, db)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(spec: UtilitySpec, columns: Sequence[DefenseColumn], db: Path) -> int:
     stored = {row["key"] for row in read_utility(db)}
     ran = 0
     for column in columns:
