@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.exceptions import Abort, Exit, TyperException
+try:
+    from typer.exceptions import Abort, Exit, TyperException
+except ImportError:  # typer < 0.21 (the one flwr 1.41 pins, extra [flower]) raises click's exceptions
+    from click.exceptions import Abort, Exit
+    from click.exceptions import ClickException as TyperException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -55,6 +59,12 @@ def run_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="dotted key=value override, repeatable")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for run folders and results.sqlite")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")] = False,
+    engine: Annotated[str, typer.Option(
+        "--engine", metavar="gialab|flower",
+        help="FL transport: gialab (in-process) or flower (a Flower simulation; "
+             "pip install 'gialab[flower]')")] = "gialab",
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", help="--engine flower: Ray CPUs running the ClientApps")] = 1,
 ) -> None:
     """Run one scenario: FL round(s), the threat model's observation, the attack, metrics, report."""
     from gialab.runner import run
@@ -63,7 +73,7 @@ def run_command(
     overrides = dict(parse_assignment(item) for item in set_ or [])
     with _progress_bar(not as_json and sys.stderr.isatty()) as factory:
         progress = factory(scenario) if factory else None
-        result = run(scenario, out=out_dir, progress=progress, set=overrides)
+        result = run(scenario, out=out_dir, progress=progress, engine=engine, workers=workers, set=overrides)
     if as_json:
         typer.echo(json.dumps(result.summary, allow_nan=False))
         return

@@ -335,18 +335,32 @@ def run(
     *,
     out: str | Path = "runs",
     progress: Progress | None = None,
+    engine: str = "gialab",
+    workers: int = 1,
     **overrides: Any,
 ) -> RunResult:
     """Run a scenario (preset name, YAML path, mapping or Scenario) with dotted-key overrides.
 
     Keyword overrides use ``__`` for dots in Python (``attack__iterations=50``), or pass a
-    ``set={"attack.iterations": 50}`` mapping.
+    ``set={"attack.iterations": 50}`` mapping. ``engine="flower"`` runs the rounds as Flower
+    simulations on ``workers`` Ray CPUs (``integrations/flower``, the ``[flower]`` extra);
+    everything else is the same.
     """
     started = time.perf_counter()
     admitted = _admit(_load(scenario, overrides), progress or no_progress)  # refuse before any work
     scen, threat, defenses, granted, attack = (
         admitted.scenario, admitted.threat, admitted.defenses, admitted.granted, admitted.attack)
     privacy, topology, attacker = admitted.privacy, admitted.topology, admitted.attacker
+    if engine not in ("gialab", "flower"):
+        raise GialabError(f"unknown engine {engine!r}; valid: flower, gialab")
+    if (workers != 1 and engine != "flower") or workers < 1:
+        raise GialabError(f"workers={workers}: Flower's simulation runs on 1 or more Ray CPUs, and only "
+                          "with engine flower (the gialab engine runs in this process)")
+    if engine == "flower":
+        from gialab.integrations.flower import check_flower, import_flwr
+
+        import_flwr()
+        check_flower(scen, defenses, scen.fl.clients_per_round or scen.clients, attack.requires)
     out_dir = ensure_writable(Path(out))
 
     _seed_everything(scen.seed)
@@ -369,6 +383,7 @@ def run(
             clients[m.client_id] = m
     loss = {"loss_fn": lm_loss} if text else {}
     protocol: Protocol | GossipProtocol = (
+        _flower_protocol(scen, model, clients, data.spec, defenses, loss, workers) if engine == "flower" else
         Protocol(model, clients, scen.fl, batch_size=scen.batch_size, transforms=defenses.transforms,
                  aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits, **loss)
         if topology is None else
@@ -437,6 +452,7 @@ def run(
         "metrics": scores.flat,
         "runtime_s": 0.0,
         "run_dir": str((out_dir / run_id).resolve()),
+        **({"engine": protocol.engine_report} if engine == "flower" else {}),  # type: ignore[attr-defined]
     }
     with atomic_folder(out_dir, run_id) as folder:
         summary["runtime_s"] = round(time.perf_counter() - started, 3)
@@ -467,6 +483,15 @@ def run(
         shutil.rmtree(out_dir / run_id, ignore_errors=True)
         raise GialabError(f"cannot write results database {database_path(out_dir)}: {exc}") from None
     return RunResult(scen, summary, reconstruction, true_images, matched, Path(summary["run_dir"]))
+
+
+def _flower_protocol(scen: Scenario, model: torch.nn.Module, clients: list[Client], spec: DataSpec,
+                     defenses: DefenseStack, loss: dict[str, Any], workers: int) -> Protocol:
+    from gialab.integrations.flower.protocol import FlowerProtocol
+
+    return FlowerProtocol(model, clients, scen.fl, batch_size=scen.batch_size, model_name=scen.model, data=spec,
+                          aggregator=defenses.aggregator, seed=scen.seed, audits=defenses.audits,
+                          workers=workers, **loss)
 
 
 def _json(data: Mapping[str, Any]) -> str:
