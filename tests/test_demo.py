@@ -1,4 +1,4 @@
-"""`gialab demo`: every implemented attack runs and one page links them all.
+"""`gialab demo`: every implemented attack runs, then a small matrix; one page links them all and its report.
 
 The smoke budgets keep this a plumbing test; each attack's quality has its own end-to-end test.
 """
@@ -19,8 +19,12 @@ def test_demo_page_links_every_implemented_attack(cli, tmp_path: Path, monkeypat
     for name in implemented():
         assert f">{name}</a>" in page
     links = re.findall(r'href="([^"]+)"', page)
-    assert len(links) == len(implemented())
+    assert len(links) == len(implemented()) + 1  # each run's report and the matrix report
     for link in links:
         assert (tmp_path / "demo" / link).is_file()  # every link resolves from the page's folder
+    assert "matrix/report.html" in links
+    matrix = (tmp_path / "demo" / "matrix" / "report.html").read_text()
+    assert '<table class="figure1">' in matrix and "needs capability observe_individual" in matrix  # a skipped pair
+    assert "matrix report:" in result.out
     for report in (tmp_path / "demo" / "runs").glob("*/report.html"):
         assert "data:image/png;base64," in report.read_text()

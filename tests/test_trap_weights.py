@@ -74,6 +74,15 @@ def test_batch_32_on_the_fc_net(out_dir: Path) -> None:
     assert result.reconstruction.details["confident_groups"] >= 5
 
 
+def test_noise_that_drowns_every_row_is_a_defense_that_held(out_dir: Path) -> None:
+    """Local DP at std 0.1 per coordinate leaves no row passing the read-out: the run completes
+    with nothing recovered (the matrix report's "held"), not an error that would hide the verdict."""
+    result = gialab.run("trap-weights", out=out_dir, seed=0, batch_size=4, clients=2, examples_per_client=8,
+                        set={"defenses": [{"name": "dp_local", "noise_multiplier": 0.1}]})
+    assert result.reconstruction.images.shape[0] == 0
+    assert result.summary["metrics"]["fraction_recovered"] == 0.0
+
+
 def test_refuses_more_trap_rows_than_units_and_non_fc_models(cli, out_dir: Path) -> None:
     with pytest.raises(GialabError, match="first layer has 1000 units") as info:
         gialab.run("trap-weights", out=out_dir, attack__rows=5000)

@@ -1,4 +1,4 @@
-"""The ``gialab`` command line: run, presets, catalog, demo, matrix.
+"""The ``gialab`` command line: run, presets, catalog, demo, matrix, report.
 
 User mistakes surface as one line on stderr and exit code 2 (``GialabError`` and click's usage
 errors); anything else is a bug and keeps its traceback.
@@ -7,6 +7,7 @@ errors); anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,8 +128,8 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="seed for every run")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="smoke-test budgets: checks the plumbing in seconds")] = False,
 ) -> None:
-    """Run every implemented attack on embedded data and write one HTML page linking the runs."""
-    from gialab.demo import run_demo
+    """Run every implemented attack on embedded data, then a small matrix; one page links the runs and its report."""
+    from gialab.demo import MATRIX, run_demo
 
     with _progress_bar(sys.stderr.isatty()) as factory:
         index, results = run_demo(out_dir, seed=seed, quick=quick, on_run=lambda n: err.print(f"running {n} ..."),
@@ -139,6 +140,7 @@ def demo_command(
                     else f"psnr_mean={m['psnr_mean']:.2f} dB  fraction_recovered={m['fraction_recovered']:.2f}")
         out.print(f"{r.summary['attack']:20s} {headline}  {r.run_dir}")
     out.print(f"demo page: {index.resolve()}")
+    out.print(f"matrix report: {(out_dir / MATRIX / 'report.html').resolve()}")
 
 
 @contextmanager
@@ -184,10 +186,16 @@ def matrix_command(
     fmt: Annotated[str, typer.Option(
         "--format", metavar="table|md|json",
         help="output: a table, markdown (for papers and READMEs) or JSON")] = "table",
+    utility_rounds: Annotated[int, typer.Option(
+        "--utility-rounds", metavar="N", help="also train a reference FL model N rounds under each defense column "
+        "for the report's privacy-utility curves [default: 0, not measured]")] = 0,
 ) -> None:
-    """Run every attack x defense x batch size x seed cell; a re-run finishes only the missing cells."""
+    """Run every attack x defense x batch size x seed cell; a re-run finishes only the missing cells.
+
+    Writes report.html into --out: the survey's Figure 1 claims beside the measurements, plots, examples."""
     from gialab.errors import GialabError
     from gialab.matrix import SweepSpec, collect, entries, markdown, parse_defense_columns, run_matrix, split_list
+    from gialab.matrix.report import finish_report
     from gialab.matrix.table import as_json, grid
     from gialab.report import database_path
     from gialab.scenario import parse_assignment
@@ -204,8 +212,11 @@ def matrix_command(
         profile=profile,  # type: ignore[arg-type]  # build_cells names the valid profiles
         overrides=dict(parse_assignment(item) for item in set_ or []),
     )
+    if utility_rounds < 0:
+        raise GialabError(f"--utility-rounds must be 0 (not measured) or more, got {utility_rounds}")
     with _matrix_bar(fmt != "json" and sys.stderr.isatty()) as bar:
         result = run_matrix(spec, out_dir, workers=workers, ray_address=ray_address, progress=bar)
+    report = finish_report(result, utility_rounds, command="gialab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     records = collect(result.cells, database_path(result.out))
     for cell, trace in result.failures:
         err.print(f"cell {cell.run_id} failed (not stored; a re-run tries it again):\n{trace}", markup=False,
@@ -228,8 +239,33 @@ def matrix_command(
             out.print(f"[{n}] {reason}", markup=False, highlight=False)
         out.print(f"ran {result.ran}, skipped {result.skipped}, failed {len(result.failures)} "
                   f"({result.seconds:.1f} s); database: {database_path(result.out)}", highlight=False)
+        out.print(f"report: {report.resolve()}", highlight=False)
     if result.failures:
         raise typer.Exit(1)
+
+
+@app.command("report")
+def report_command(
+    sweep: Annotated[Path, typer.Argument(help="a gialab matrix --out folder (holding results.sqlite)")],
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="html|md",
+        help="html: rewrite SWEEP/report.html; md: print the Figure 1 table as markdown")] = "html",
+) -> None:
+    """Rebuild a sweep's report from its database: every cell it holds, from every gialab matrix run."""
+    from gialab.errors import GialabError
+    from gialab.matrix.report import build_report, figure1_markdown, sweep_records, write_report
+    from gialab.report import database_path
+
+    if fmt not in ("html", "md"):
+        raise GialabError(f"unknown format {fmt!r}; valid: html, md")
+    if not database_path(sweep).is_file():
+        raise GialabError(f"{sweep} holds no results.sqlite; give the --out folder of a gialab matrix run")
+    records, utility = sweep_records(sweep)
+    if fmt == "md":
+        typer.echo(figure1_markdown(build_report(records, utility)), nl=False)
+        return
+    path = write_report(sweep, records, utility=utility, command=f"gialab report {shlex.quote(str(sweep))}")
+    out.print(f"report: {path.resolve()}", highlight=False)
 
 
 def main() -> None:

@@ -95,6 +95,11 @@ def _label(config: str | dict[str, Any]) -> str:
     return f"{config['name']}({params})"
 
 
+def column_label(configs: Sequence[str | dict[str, Any]]) -> str:
+    """How a defense list is shown as a column: ``none``, or its defenses joined by ``+``."""
+    return "+".join(map(_label, configs)) or "none"
+
+
 def parse_defense_column(text: str) -> DefenseColumn:
     """``none``, ``a+b``, or a YAML flow list / mapping; the names and parameters are validated."""
     if text.lower() == "none":
@@ -112,7 +117,7 @@ def parse_defense_column(text: str) -> DefenseColumn:
     except ValidationError:
         raise GialabError(f"defense column {text!r}: each defense is a name or a mapping with a name") from None
     resolve_defenses(configs)  # unknown names, bad parameters, two aggregators: one line, now
-    return DefenseColumn("+".join(map(_label, configs)) or "none", configs)
+    return DefenseColumn(column_label(configs), configs)
 
 
 def parse_defense_columns(values: Sequence[str]) -> tuple[DefenseColumn, ...]:

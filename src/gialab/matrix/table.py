@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gialab.matrix.cells import Cell
+from gialab.matrix.cells import Cell, DefenseColumn, column_label
 from gialab.report.database import read_runs, read_skipped
+from gialab.scenario import Scenario
 
 MISSING = "-"
 
@@ -77,6 +78,31 @@ def collect(cells: Sequence[Cell], db: Path) -> list[CellRecord]:
         skip = skipped.get(c.key, {})
         records.append(CellRecord(c, rows.get(c.key), skip.get("reason"), skip.get("stage")))
     return records
+
+
+def stored_records(db: Path) -> list[CellRecord]:
+    """Every sweep cell the database holds, run or skipped, rebuilt from its stored scenario.
+
+    For a report of a whole sweep folder (``gialab report``), whichever invocations filled it; cells
+    come in attack, batch size, defense column (``none`` first, then by name), seed order.
+    """
+    if not db.exists():
+        return []
+    records = []
+    for row in read_runs(db):
+        if row.get("cell_key"):
+            records.append(CellRecord(_cell(row["scenario"], row["config"], row["cell_key"]), row))
+    for skip in read_skipped(db):
+        cell = _cell(skip["scenario"], skip["config"], skip["cell_key"])
+        records.append(CellRecord(cell, None, skip["reason"], skip["stage"]))
+    return sorted(records, key=lambda r: (r.cell.attack, r.cell.batch_size, r.cell.column.label != "none",
+                                          r.cell.column.label, r.cell.seed))
+
+
+def _cell(preset: str, config: dict[str, Any], key: str) -> Cell:
+    scenario = Scenario.model_validate(config)
+    defenses = tuple(d.compact() for d in scenario.defenses)
+    return Cell(preset, DefenseColumn(column_label(defenses), defenses), scenario.seed, scenario, key)
 
 
 def entries(records: Sequence[CellRecord]) -> list[MatrixEntry]:

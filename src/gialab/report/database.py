@@ -6,7 +6,8 @@ row. Cells without a result go to ``skipped`` with the runner's one-line reason 
 gave it: ``check`` when the scenario alone was refused before any work (an attack whose
 capability a defense withdraws), ``run`` when the run stopped (a refusal that needed the model or
 data, a protocol or an attack giving up). A resumed sweep does not try them again and the report
-can say why.
+can say why. ``utility`` holds what each defense column costs a reference FL training
+(``gialab matrix --utility-rounds``), the other side of the privacy-utility curves.
 Databases written before these existed gain them on first open; their rows stay as they were.
 """
 
@@ -60,6 +61,21 @@ CREATE TABLE IF NOT EXISTS skipped (
 """
 
 
+UTILITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS utility (
+    key TEXT PRIMARY KEY,
+    column_label TEXT NOT NULL,
+    defenses TEXT NOT NULL,
+    accuracy REAL,
+    initial_accuracy REAL,
+    reason TEXT,
+    seconds REAL NOT NULL,
+    description TEXT NOT NULL,
+    config TEXT NOT NULL
+)
+"""
+
+
 def database_path(out: Path) -> Path:
     return out / "results.sqlite"
 
@@ -76,6 +92,7 @@ def _open(db: Path) -> Iterator[sqlite3.Connection]:
                 conn.execute("ALTER TABLE runs ADD COLUMN cell_key TEXT")
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS runs_cell_key ON runs (cell_key)")
             conn.execute(SKIPPED_SCHEMA)
+            conn.execute(UTILITY_SCHEMA)
         with conn:
             yield conn
     finally:
@@ -137,6 +154,25 @@ def read_skipped(db: Path) -> list[dict[str, Any]]:
     with _open(db) as conn:
         conn.row_factory = sqlite3.Row
         rows = [dict(r) for r in conn.execute("SELECT * FROM skipped ORDER BY cell_key")]
+    for r in rows:
+        r["config"], r["defenses"] = json.loads(r["config"]), json.loads(r["defenses"])
+    return rows
+
+
+def insert_utility(db: Path, row: Mapping[str, Any]) -> bool:
+    """Record one defense column's reference-training accuracy (or why it has none); False if stored."""
+    record = _encode(row)
+    columns = ", ".join(record)
+    marks = ", ".join(f":{k}" for k in record)
+    with _open(db) as conn:
+        cursor = conn.execute(f"INSERT OR IGNORE INTO utility ({columns}) VALUES ({marks})", record)
+        return cursor.rowcount == 1
+
+
+def read_utility(db: Path) -> list[dict[str, Any]]:
+    with _open(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM utility ORDER BY rowid")]
     for r in rows:
         r["config"], r["defenses"] = json.loads(r["config"]), json.loads(r["defenses"])
     return rows

@@ -24,7 +24,7 @@ th{background:#f3f3f3}img{image-rendering:pixelated;max-width:100%}code,pre{back
 """
 
 
-def _embed_png(path: Path) -> str:
+def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
@@ -68,7 +68,7 @@ def _token_map(samples: Sequence[Mapping[str, Any]], scale: int = 6) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _text_table(samples: Sequence[Mapping[str, Any]]) -> str:
+def text_table(samples: Sequence[Mapping[str, Any]]) -> str:
     """True and recovered sequences side by side (WordPiece tokens); wrong recovered tokens marked."""
     rows = "".join(
         f"<tr><td>{s['truth_index']}</td><td>{_fmt(s['token_accuracy'])}</td>"
@@ -90,9 +90,9 @@ def write_run_report(
     per-sample text scores) the true and recovered sequences side by side; metrics, taxonomy, config."""
     title = f"{summary['attack']} on {summary['scenario']}"
     if text_samples is not None:
-        shown = "<h2>True and recovered text</h2>" + _text_table(text_samples)
+        shown = "<h2>True and recovered text</h2>" + text_table(text_samples)
     elif grid is not None:
-        shown = f'<h2>Truth (top) and reconstruction (bottom)</h2><img alt="reconstruction grid" src="{_embed_png(grid)}">'
+        shown = f'<h2>Truth (top) and reconstruction (bottom)</h2><img alt="reconstruction grid" src="{embed_png(grid)}">'
     else:
         raise ValueError("write_run_report needs an image grid or text samples")
 
@@ -117,8 +117,9 @@ Threat model <b>{html.escape(summary['threat_model'])}</b>, reconstruction famil
     return path
 
 
-def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Path:
-    """One page linking each run's report, with its grid and headline metrics."""
+def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys: Sequence[str],
+                links: Mapping[str, Path] | None = None) -> Path:
+    """One page linking each run's report, with its grid and headline metrics; ``links``: more pages, by caption."""
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ("attack", "threat model", *keys, "images"))
     rows = []
     for run in runs:
@@ -126,14 +127,17 @@ def write_index(path: Path, title: str, runs: Sequence[Mapping[str, Any]], keys:
         link = html.escape(os.path.relpath(run_dir / "report.html", path.parent.resolve()))
         cells = "".join(f"<td>{_fmt(run['metrics'].get(k))}</td>" for k in keys)
         grid = run_dir / "grid.png"
-        shown = (f"<img alt=\"grid\" src=\"{_embed_png(grid)}\" style=\"max-height:120px\">" if grid.exists()
+        shown = (f"<img alt=\"grid\" src=\"{embed_png(grid)}\" style=\"max-height:120px\">" if grid.exists()
                  else f"text run: token accuracy {_fmt(run['metrics'].get('token_accuracy'))}")
         rows.append(
             f"<tr><td><a href=\"{link}\">{html.escape(run['attack'])}</a></td>"
             f"<td>{html.escape(run['threat_model'])}</td>{cells}<td>{shown}</td></tr>"
         )
+    more = "".join(
+        f'<p><a href="{html.escape(os.path.relpath(target.resolve(), path.parent.resolve()))}">'
+        f"{html.escape(caption)}</a></p>" for caption, target in (links or {}).items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>
-<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"""
+{more}<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"""
     path.write_text(page)
     return path
