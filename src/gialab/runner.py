@@ -57,6 +57,7 @@ from gialab.fl.malicious import MaliciousClient
 from gialab.fl.gossip import GossipProtocol, GossipTranscript
 from gialab.fl.topology import Topology, build_topology
 from gialab.metrics import score
+from gialab.metrics.disaggregation import disaggregation_scores
 from gialab.metrics.dominance import target_cosine
 from gialab.metrics.exposed_update import exposed_update_scores
 from gialab.metrics.isolation import isolation_scores, update_isolation_scores
@@ -72,7 +73,7 @@ from gialab.report import (
 from gialab.scenario import Scenario, load_scenario
 from gialab.threats import (
     Capability, Observation, ThreatModel, check_grants, get_threat_model, granted_capabilities, observe,
-    plan_capabilities,
+    participation_report, plan_capabilities,
 )
 
 
@@ -164,14 +165,17 @@ def _attacked_round(
     """Run ``fl.rounds`` rounds; the attacker strikes in the last one the victim sends an update in.
 
     Each round the attack may plan a malicious server's deviation; the plan is held against the
-    granted capabilities before the round runs. Every round the victim joins is observed through
-    the threat gate and told to the attack, so multi-query attacks can adapt their next plan;
-    a round whose model the victim refused (a model audit flagged it) is not.
+    granted capabilities before the round runs. Every round the victim joins (every round, for an
+    attack that ``observes_every_round``) is observed through the threat gate and told to the
+    attack, so multi-query attacks can adapt their next plan; a round whose model the victim
+    refused (a model audit flagged it) is not. The attack reconstructs from the last observation
+    it heard; metrics compare against the last round the victim sent an update in.
     """
     attacked: tuple[Observation, RoundTranscript | GossipTranscript, RoundTruth] | None = None
     last_refused: tuple[RoundTranscript | GossipTranscript, RoundTruth] | None = None
     refusals: list[dict[str, Any]] = []
     target = scenario.malicious_ids[0] if scenario.malicious_ids else scenario.victim
+    last: Observation | None = None
     for _ in range(scenario.fl.rounds):
         plan = attack.plan_server(protocol.global_model, spec)
         if plan is not None:
@@ -179,21 +183,28 @@ def _attacked_round(
                          f"threat model {scenario.threat_model}")
         transcript, truth = protocol.run_round(plan)
         refusals += [{"round": transcript.round, "client": c, "reasons": r} for c, r in transcript.refused.items()]
-        if target in transcript.refused:
-            last_refused = (transcript, truth)
-        elif target in transcript.participants:
-            observation = observe(
+        joined = target not in transcript.refused and target in transcript.participants
+        if joined or attack.observes_every_round:
+            last = observe(
                 transcript, truth, threat=threat, granted=granted, data=spec,
                 target=target, side_information=scenario.side_information, observer=attacker,
+                anonymous=not attack.sees_participants,
+                participation=participation_report(
+                    protocol.participation_log, scenario.clients, scenario.analytics_window),
             )
-            attack.observe_round(observation)
-            attacked = (observation, transcript, truth)
+            attack.observe_round(last)
+        if target in transcript.refused:
+            last_refused = (transcript, truth)
+        elif joined:
+            attacked = (last, transcript, truth)  # type: ignore[assignment]
     if attacked is None and last_refused is None:
         who = "malicious client" if scenario.malicious_ids else "victim"
         raise GialabError(
             f"{who} {target} was never sampled in {scenario.fl.rounds} rounds; "
             f"raise fl.rounds or fl.clients_per_round"
         )
+    if attacked is not None and last is not None:
+        attacked = (last, *attacked[1:])
     return _Rounds(attacked, last_refused, refusals)
 
 
@@ -308,6 +319,7 @@ def _admit(scen: Scenario, progress: Progress) -> _Admitted:
     check_grants(attack.name, attack.requires, granted, context)
     _check_modality(attack, scen.dataset)
     attack.check_update_kind(scen.fl.update_kind)
+    attack.check_scenario(scen)
     if scen.victim >= scen.clients:
         raise GialabError(f"victim {scen.victim} is not a client; valid ids: 0..{scen.clients - 1}")
     _check_attackers(attack, scen)
@@ -431,6 +443,10 @@ def run(
             transcript.aggregate, rounds.attacked[0].model, true_images, true_labels)  # type: ignore[index]
     if malicious:
         scores.flat.update(_poison_survival(malicious, protocol.acceptance_log, transcript.round))
+    if reconstruction.disaggregated is not None:
+        scores.flat.update(disaggregation_scores(
+            reconstruction.disaggregated, protocol.participation_log, scen.clients,
+            transcript.updates[scen.victim].tensors, scen.victim))
     order = torch.as_tensor(scores.order)
     matched = torch.zeros_like(true_images)
     hit = order >= 0

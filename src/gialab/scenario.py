@@ -75,6 +75,9 @@ class Scenario(BaseModel):
     threat_model: str = "honest-but-curious-server"
     extra_capabilities: tuple[Capability, ...] = ()
     side_information: tuple[SideInformation, ...] = ()
+    analytics_window: PositiveInt | None = Field(
+        None, description="rounds per device-analytics report of each client's participation count "
+                          "(what the participation_side_channel capability reveals; None: no reports)")
     victim: NonNegativeInt = Field(0, description="the client the attacker targets")
     attacker: NonNegativeInt | None = Field(
         None, description="the curious node under a gossip fl.topology; default the victim's lowest-numbered neighbour")

@@ -8,7 +8,7 @@ refuses a scenario that grants less, before anything runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -131,6 +131,33 @@ def plan_capabilities(plan: ServerPlan, model: nn.Module) -> frozenset[Capabilit
 
 
 @dataclass(frozen=True)
+class ParticipationReport:
+    """Device analytics' participation summary (Lam et al. 2021; survey eq. 5), one per window.
+
+    ``counts[k]`` is how many of the rounds ``first_round..last_round`` client ``k`` took part in:
+    the window's indicator over the rounds is a row of eq. 5's C_k, the count the matching entry
+    of c_k. Every client is listed, those that did not take part with 0. Granted only with the
+    ``participation_side_channel`` capability.
+    """
+
+    first_round: int
+    last_round: int
+    counts: Mapping[int, int]
+
+
+def participation_report(log: Sequence[Sequence[int]], clients: int, window: int | None) -> ParticipationReport | None:
+    """The report that the round just logged closes (one every ``window`` rounds), else ``None``."""
+    rounds = len(log)
+    if not window or rounds == 0 or rounds % window:
+        return None
+    counts = dict.fromkeys(range(clients), 0)
+    for participants in log[rounds - window:]:
+        for cid in participants:
+            counts[cid] += 1
+    return ParticipationReport(rounds - window, rounds - 1, counts)
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the attacker has after one round, and nothing else.
 
@@ -139,6 +166,9 @@ class Observation:
     ``target`` is the client the attacker aims at (the scenario's victim). Side information
     fields are ``None`` unless declared.
     ``sybils`` are the ids of the server's own devices in the round (known to it: it runs them).
+    ``cohort_size`` is how many updates the round's aggregate combines, which the aggregating
+    server knows even when it does not know whose they are (``participants`` is then empty).
+    ``participation`` is the device analytics report that closes with this round, if granted.
     """
 
     threat_model: str
@@ -155,6 +185,8 @@ class Observation:
     labels: Mapping[int, torch.Tensor] | None = None
     fl_setup: FLSetup | None = None
     sybils: tuple[int, ...] = ()
+    cohort_size: int | None = None
+    participation: ParticipationReport | None = None
 
     def target_update(self) -> tuple[torch.Tensor, ...]:
         """The victim's own update; needs ``observe_individual``."""
@@ -190,16 +222,25 @@ def observe(
     target: int,
     side_information: Iterable[SideInformation] = (),
     observer: int | None = None,
+    anonymous: bool = False,
+    participation: ParticipationReport | None = None,
 ) -> Observation:
     """Build the attacker's view of a round. Truth is read only for declared side information.
 
     A gossip round has no server: the attacker is node ``observer`` and sees what reached it.
+    ``anonymous`` is the view of a server that aggregates without learning who contributed (the
+    premise of Lam et al. 2021): participant identities and everything keyed by them (individual
+    updates, example counts, labels) are withheld, and the target need not be in the round.
+    ``participation`` (the analytics report this round closes) passes only with its capability.
     """
     if isinstance(transcript, GossipTranscript):
         from gialab.peer_threat import observe_peer  # builds on this module's types
 
         return observe_peer(transcript, truth, threat=threat, granted=granted, data=data, target=target,
                             observer=observer, side_information=side_information)
+    if anonymous:
+        return _anonymous_view(transcript, threat=threat, granted=granted, data=data, target=target,
+                               side_information=side_information, participation=participation)
     if target not in transcript.participants:
         raise GialabError(
             f"victim {target} did not take part in round {transcript.round}; participants: "
@@ -242,4 +283,39 @@ def observe(
         ),
         fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in side else None,
         sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
+        cohort_size=len(transcript.participants),
+        participation=participation if Capability.PARTICIPATION_SIDE_CHANNEL in granted else None,
+    )
+
+
+def _anonymous_view(
+    transcript: RoundTranscript,
+    *,
+    threat: ThreatModel,
+    granted: frozenset[Capability],
+    data: DataSpec,
+    target: int,
+    side_information: Iterable[SideInformation],
+    participation: ParticipationReport | None,
+) -> Observation:
+    """The aggregate, the model as sent and the cohort size: nothing that names a participant."""
+    aggregate = transcript.aggregate if Capability.OBSERVE_AGGREGATE in granted else None
+    models = transcript.models
+    model = models[target] if target in models else next(iter(models.values()))  # the broadcast
+    if aggregate is not None:
+        validate_update(model, aggregate, "the aggregate")
+    return Observation(
+        threat_model=threat.name,
+        capabilities=granted,
+        round=transcript.round,
+        data=data,
+        model=model,
+        update_kind=transcript.update_kind,
+        participants=(),
+        target=target,
+        aggregate=aggregate,
+        fl_setup=transcript.setup if SideInformation.LOCAL_HYPERPARAMETERS in set(side_information) else None,
+        sybils=tuple(transcript.sybils) if Capability.SYBIL_CLIENTS in granted else (),
+        cohort_size=len(transcript.participants),
+        participation=participation if Capability.PARTICIPATION_SIDE_CHANNEL in granted else None,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -23,6 +23,9 @@ from gialab.fl.client import ClientUpdate, LocalBatch
 from gialab.fl.protocol import ServerPlan
 from gialab.fl.setup import FLSetup
 from gialab.threats import Capability, Observation
+
+if TYPE_CHECKING:
+    from gialab.scenario import Scenario
 
 Progress = Callable[[int, int], None]
 
@@ -57,6 +60,17 @@ class IsolatedGradient:
     gradient: tuple[torch.Tensor, ...]
     model: nn.Module
     label: int
+
+
+@dataclass(frozen=True)
+class Disaggregation:
+    """What a disaggregation attack claims, so the truth side can score it: the participation
+    matrix (rounds x clients, 0/1, row ``i`` for round ``rounds[i]``, columns in client-id order)
+    and the target's individual update read off the aggregates."""
+
+    participation: torch.Tensor
+    rounds: tuple[int, ...]
+    update: tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class Reconstruction:
     isolated: IsolatedGradient | None = None
     isolated_update: IsolatedUpdate | None = None
     target_class: int | None = None
+    disaggregated: Disaggregation | None = None
 
 
 class Attack(ABC):
@@ -109,6 +124,10 @@ class Attack(ABC):
     smoke_overrides: ClassVar[dict[str, Any]] = {}
     # What the attack can invert: FedSGD's "gradient", FedAvg's "model_delta", or both.
     update_kinds: ClassVar[frozenset[str]] = frozenset({"gradient", "model_delta"})
+    # Multi-round attacks on aggregates: hear every round (not only the target's), and/or work
+    # without knowing who took part (the runner then withholds every participant's identity).
+    observes_every_round: ClassVar[bool] = False
+    sees_participants: ClassVar[bool] = True
 
     @classmethod
     def parse_params(cls, values: Mapping[str, Any], where: str = "attack") -> AttackParams:
@@ -141,6 +160,10 @@ class Attack(ABC):
                               "(use fedavg-inversion for model deltas)")
         raise GialabError(f"{self.name} inverts FedAvg model deltas; this scenario sends FedSGD gradients "
                           "(set fl.algorithm=fedavg, or use an attack on gradients)")
+
+    def check_scenario(self, scenario: Scenario) -> None:
+        """Raise ``GialabError`` when the scenario's setup (rounds, clients, ...) cannot support
+        this attack; the runner asks before any work. Default: any setup."""
 
     def check_classes(self, num_classes: int, dataset: str) -> None:
         """Raise ``GialabError`` when hyperparameters name a class ``dataset`` lacks; default: no check.
@@ -175,8 +198,9 @@ class Attack(ABC):
     def observe_round(self, observation: Observation) -> None:
         """Hear what one round revealed before planning the next (multi-query attacks adapt here).
 
-        Called for every round the target takes part in, the last one included; the last
-        observation is then handed to ``reconstruct``. Single-round attacks ignore it.
+        Called for every round the target takes part in (every round when ``observes_every_round``),
+        the last one included; the last observation is then handed to ``reconstruct``.
+        Single-round attacks ignore it.
         """
 
     @abstractmethod

@@ -14,6 +14,7 @@ import logging
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -47,6 +48,41 @@ def _probe(address: str) -> None:
         raise GialabError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
+def connect(ray: ModuleType, workers: int | None, address: str | None = None) -> bool:
+    """Join the caller's own Ray session if one is up (a notebook), else start a local one on
+    ``workers`` CPUs or join the cluster at ``address``; True when this call started it (the caller
+    then shuts it down, a session it joined it leaves running)."""
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        _probe(address)
+    options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address is None:
+        options |= {"num_cpus": workers, "include_dashboard": False}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise GialabError(f"cannot start {where}: {first}") from None
+    return True
+
+
+@contextmanager
+def ray_session(workers: int | None, address: str | None = None) -> Iterator[ModuleType]:
+    """The ray module, connected for the ``with`` block (see :func:`connect`); for callers other
+    than the matrix that fan independent work out as tasks (e.g. disaggregation's per-user MILPs)."""
+    ray = import_ray()
+    started = connect(ray, workers, address)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _cell_task(key: str, scenario: Any) -> CellOutcome:
     return run_cell(key, scenario)
 
@@ -62,24 +98,7 @@ class RayCells:
         self._started = False
 
     def __enter__(self) -> RayCells:
-        ray = self.ray
-        if ray.is_initialized():  # a caller's own Ray session (a notebook): use it, leave it running
-            self.slots = self._slots()
-            return self
-        if self.address is not None:
-            _probe(self.address)
-        options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-        if self.address is None:
-            options |= {"num_cpus": self.workers, "include_dashboard": False}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ray.init(address=self.address, **options)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-            raise GialabError(f"cannot start {where}: {first}") from None
-        self._started = True
+        self._started = connect(self.ray, self.workers, self.address)
         self.slots = self._slots()
         return self
 

@@ -1,0 +1,1 @@
+"""Analytical decomposition: individual updates read off many rounds of aggregates (survey section 3.1)."""
