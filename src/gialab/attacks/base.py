@@ -190,7 +190,7 @@ class Attack(ABC):
     ) -> tuple[torch.Tensor, ...] | None:
         """What a malicious client sends instead of ``honest`` (see ``fl.malicious``); ``None`` sends it.
 
-        Only attacks that need ``poison_own_update`` are given clients (the scenario's ``attacker``);
+        Only attacks that need ``poison_own_update`` are given clients (the scenario's ``malicious_clients``);
         with several, each calls this with its own honest update and data.
         """
         return None
