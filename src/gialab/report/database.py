@@ -122,14 +122,29 @@ def insert_run(db: Path, row: Mapping[str, Any]) -> bool:
         return cursor.rowcount == 1
 
 
-def insert_skipped(db: Path, row: Mapping[str, Any]) -> bool:
-    """Record a sweep cell that cannot run, with its reason; False when its key is already stored."""
+def _insert_once(db: Path, table: str, row: Mapping[str, Any]) -> bool:
+    """Insert ``row`` unless its unique key is already stored; True when it was inserted."""
     record = _encode(row)
     columns = ", ".join(record)
     marks = ", ".join(f":{k}" for k in record)
     with _open(db) as conn:
-        cursor = conn.execute(f"INSERT OR IGNORE INTO skipped ({columns}) VALUES ({marks})", record)
+        cursor = conn.execute(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})", record)
         return cursor.rowcount == 1
+
+
+def _read(db: Path, query: str, json_columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every row ``query`` selects, as a dict, with ``json_columns`` decoded."""
+    with _open(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute(query)]
+    for r in rows:
+        r.update({c: json.loads(r[c]) for c in json_columns})
+    return rows
+
+
+def insert_skipped(db: Path, row: Mapping[str, Any]) -> bool:
+    """Record a sweep cell that cannot run, with its reason; False when its key is already stored."""
+    return _insert_once(db, "skipped", row)
 
 
 def stored_cell_keys(db: Path) -> set[str]:
@@ -141,38 +156,17 @@ def stored_cell_keys(db: Path) -> set[str]:
 
 
 def read_runs(db: Path) -> list[dict[str, Any]]:
-    with _open(db) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY created")]
-    for r in rows:
-        r["metrics"], r["config"] = json.loads(r["metrics"]), json.loads(r["config"])
-        r["defenses"] = json.loads(r["defenses"])
-    return rows
+    return _read(db, "SELECT * FROM runs ORDER BY created", ("metrics", "config", "defenses"))
 
 
 def read_skipped(db: Path) -> list[dict[str, Any]]:
-    with _open(db) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM skipped ORDER BY cell_key")]
-    for r in rows:
-        r["config"], r["defenses"] = json.loads(r["config"]), json.loads(r["defenses"])
-    return rows
+    return _read(db, "SELECT * FROM skipped ORDER BY cell_key", ("config", "defenses"))
 
 
 def insert_utility(db: Path, row: Mapping[str, Any]) -> bool:
     """Record one defense column's reference-training accuracy (or why it has none); False if stored."""
-    record = _encode(row)
-    columns = ", ".join(record)
-    marks = ", ".join(f":{k}" for k in record)
-    with _open(db) as conn:
-        cursor = conn.execute(f"INSERT OR IGNORE INTO utility ({columns}) VALUES ({marks})", record)
-        return cursor.rowcount == 1
+    return _insert_once(db, "utility", row)
 
 
 def read_utility(db: Path) -> list[dict[str, Any]]:
-    with _open(db) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM utility ORDER BY rowid")]
-    for r in rows:
-        r["config"], r["defenses"] = json.loads(r["config"]), json.loads(r["defenses"])
-    return rows
+    return _read(db, "SELECT * FROM utility ORDER BY rowid", ("config", "defenses"))
