@@ -42,6 +42,8 @@ from pydantic import Field
 from gialab.defenses.registry import DefenseParams
 from gialab.errors import GialabError
 from gialab.fl.client import ClientUpdate
+from gialab.fl.update_vector import flatten
+from gialab.fl.update_vector import unflatten as unflatten_vector
 
 
 class ByzantineParams(DefenseParams):
@@ -52,13 +54,12 @@ def stack_updates(updates: Sequence[ClientUpdate]) -> torch.Tensor:
     """The round's updates as an (n, d) matrix, one flattened update per row."""
     if not updates:
         raise GialabError("a robust aggregation rule needs at least one update in the round")
-    return torch.stack([torch.cat([t.reshape(-1) for t in u.tensors]) for u in updates])
+    return torch.stack([flatten(u.tensors) for u in updates])
 
 
 def unflatten(vector: torch.Tensor, like: ClientUpdate) -> tuple[torch.Tensor, ...]:
     """Cut a flat vector back into tensors shaped like ``like``'s (aligned with the model)."""
-    parts = vector.split([t.numel() for t in like.tensors])
-    return tuple(p.reshape(t.shape) for p, t in zip(parts, like.tensors, strict=True))
+    return unflatten_vector(vector, like.tensors)
 
 
 def client_ids(updates: Sequence[ClientUpdate], rows: Iterable[int]) -> tuple[int, ...]:

@@ -24,10 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gialab.fl.training import LossFn, fedsgd_update
-
-
-def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).double() for t in tensors])
+from gialab.fl.update_vector import flatten
 
 
 def exposed_update_scores(
@@ -36,8 +33,8 @@ def exposed_update_scores(
 ) -> dict[str, float | None]:
     """``victim_noise_std`` (per coordinate), ``victim_clean_cosine`` (exposed vs clean FedSGD
     update, before clipping and noise) and, given the protocol's promise, ``noise_std_promised`` and ``victim_noise_ratio``."""
-    clean = _flat(fedsgd_update(copy.deepcopy(model), loss_fn, images, labels))
-    exposed = _flat(update)
+    clean = flatten(fedsgd_update(copy.deepcopy(model), loss_fn, images, labels), torch.float64)
+    exposed = flatten(update, torch.float64)
     scale = float(exposed @ clean / (clean @ clean)) if clean.any() else 0.0
     residual = exposed - scale * clean
     noise = math.sqrt(float(residual @ residual) / max(residual.numel() - 1, 1))

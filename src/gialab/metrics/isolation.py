@@ -24,12 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from gialab.fl.update_vector import flatten
+
 if TYPE_CHECKING:  # the contract types only; metrics import no attack code
     from gialab.attacks.base import IsolatedGradient, IsolatedUpdate
-
-
-def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).double() for t in tensors])
 
 
 def isolation_scores(isolated: IsolatedGradient, images: torch.Tensor) -> dict[str, float | None]:
@@ -39,12 +37,12 @@ def isolation_scores(isolated: IsolatedGradient, images: torch.Tensor) -> dict[s
     # a copy, so BatchNorm's running statistics of the attack's model stay untouched).
     model = copy.deepcopy(isolated.model).train()
     params = list(model.parameters())
-    target = _flat(isolated.gradient)
+    target = flatten(isolated.gradient, torch.float64)
     label = torch.tensor([isolated.label])
     cosines = []
     for x in images:
         loss = F.cross_entropy(model(x.unsqueeze(0)), label)
-        own = _flat(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+        own = flatten(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True), torch.float64)
         cosines.append(float(F.cosine_similarity(own, target, dim=0)))
     ranked = sorted(range(len(cosines)), key=lambda i: -cosines[i])
     best = cosines[ranked[0]]
@@ -66,8 +64,8 @@ def update_isolation_scores(
     def cosine(indices: Sequence[int]) -> float | None:
         if not indices:
             return None
-        a = _flat([isolated.update[i] for i in indices])
-        b = _flat([true_update[i] for i in indices])
+        a = flatten([isolated.update[i] for i in indices], torch.float64)
+        b = flatten([true_update[i] for i in indices], torch.float64)
         if a.norm() == 0 or b.norm() == 0:
             return None
         return min(1.0, max(-1.0, float(F.cosine_similarity(a, b, dim=0))))  # float64 can overshoot 1

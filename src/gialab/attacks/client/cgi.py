@@ -76,6 +76,7 @@ from gialab.errors import GialabError
 from gialab.fl.client import ClientUpdate, LocalBatch
 from gialab.fl.setup import FLSetup
 from gialab.fl.training import fedavg_update, fedsgd_update
+from gialab.fl.update_vector import flatten, unflatten
 from gialab.threats import Capability, Observation
 
 
@@ -107,17 +108,8 @@ class CGIParams(AttackParams):
     batch_size: int | None = Field(None, ge=1, description="target images to recover; default: read off the aggregate")
 
 
-def _flat(tensors: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _unflatten(vector: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    parts = vector.split([t.numel() for t in like])
-    return tuple(p.reshape(t.shape).to(t.dtype) for p, t in zip(parts, like, strict=True))
 
 
 @register
@@ -179,7 +171,7 @@ class CGI(Attack):
 
     def _craft(self, model: nn.Module, honest: ClientUpdate, setup: FLSetup, round_index: int) -> tuple[Tensor, ...] | None:
         p: CGIParams = self.params  # type: ignore[assignment]
-        current = _flat(list(model.parameters()))
+        current = flatten(list(model.parameters()))
         previous, self._previous = self._previous, (round_index, current)
         own = self._pooled()
         if not p.poison or self._confidence(model, own) <= p.poison_until:
@@ -189,15 +181,15 @@ class CGI(Attack):
         if p.reference == "previous" and previous is not None and previous[0] == round_index - 1:
             aggregate = (previous[1] - current) / self._alpha(setup)  # eq. 16 read off the last two models
         if spread is None:
-            spread = float((_flat(honest.tensors) - aggregate).norm())
-        poisoned = current - _flat(list(self._malicious_model(model, own).parameters()))  # eq. 15
+            spread = float((flatten(honest.tensors) - aggregate).norm())
+        poisoned = current - flatten(list(self._malicious_model(model, own).parameters()))  # eq. 15
         norm = float(poisoned.norm())
         if norm == 0.0:
             return None
         mix = blend(poisoned / norm, benign, aggregate, p.stealth * spread)  # eqs. 17-18
         self._blends.append(mix)
         crafted = (mix.rho * poisoned.double() / norm + mix.beta * benign.double()).float()
-        return _unflatten(crafted, honest.tensors)
+        return unflatten(crafted, honest.tensors)
 
     def _pooled(self) -> LocalBatch:
         batches = [self._clients[c] for c in sorted(self._clients)]
@@ -211,16 +203,16 @@ class CGI(Attack):
         size = honest.num_examples
         chunks = len(own.labels) // size
         if chunks < 2:
-            return _flat(honest.tensors), None
+            return flatten(honest.tensors), None
         order = torch.randperm(len(own.labels), generator=self._generator)
         updates = []
         for j in range(chunks):
             pick = order[j * size:(j + 1) * size]
             local = copy.deepcopy(model)
             if setup.algorithm == "fedsgd":
-                updates.append(_flat(fedsgd_update(local, F.cross_entropy, own.images[pick], own.labels[pick])))
+                updates.append(flatten(fedsgd_update(local, F.cross_entropy, own.images[pick], own.labels[pick])))
             else:
-                updates.append(_flat(fedavg_update(local, F.cross_entropy, own.images[pick], own.labels[pick], setup)))
+                updates.append(flatten(fedavg_update(local, F.cross_entropy, own.images[pick], own.labels[pick], setup)))
         rows = torch.stack(updates)
         mean = rows.mean(dim=0)
         return mean, float((rows - mean).pow(2).sum(dim=1).mean().sqrt())
