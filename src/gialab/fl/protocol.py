@@ -152,15 +152,12 @@ class Protocol:
         self.batch_size = batch_size
         self.loss_fn = loss_fn
         self.transforms = tuple(transforms)
-        self.gradient = self._local_gradient(model)
+        self.gradient = local_gradient(self.transforms, model)
         self.aggregator = aggregator or WeightedMean()
         self.audits = tuple(audits)
         self.generator = torch.Generator().manual_seed(seed)
         self.participation_log: list[tuple[int, ...]] = []
         self.acceptance_log: list[tuple[int, ...] | None] = []  # RoundTranscript.accepted, by round
-
-    def _local_gradient(self, model: nn.Module) -> GradientFn:
-        return local_gradient(self.transforms, model)
 
     def sample_participants(self) -> tuple[int, ...]:
         ids = sorted(self.clients)
