@@ -88,10 +88,13 @@ def relu_successor(model: nn.Module, first: nn.Linear, shape: tuple[int, int, in
                 lambda m, args, _out: inputs.__setitem__(m, args[0].detach())))
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(2, *shape, generator=generator).to(first.weight)
+    training = model.training
+    model.eval()  # no running-statistics updates from the probe
     try:
         with torch.no_grad():
             model(probe)
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     hidden = captured["z"].clamp_min(0)
@@ -111,7 +114,7 @@ class ReluRefinement:
     ) -> None:
         # Double precision throughout: deflation subtracts exact gradients, and float32 rounding
         # would leave a residual of the removed samples above the thresholds.
-        self.model = copy.deepcopy(model).double()
+        self.model = copy.deepcopy(model).cpu().double()
         params = list(self.model.parameters())
         self.first = params[parameter_index(model, first.weight)]
         self.first_bias = params[parameter_index(model, first.bias)]
