@@ -69,9 +69,9 @@ from sklearn.decomposition import FastICA
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
+from gialab.attacks.analytic.relu_refinement import ReluRefinement, relu_successor
 from gialab.attacks.base import Attack, AttackParams, Reconstruction
 from gialab.attacks.input_layer import input_linear
-from gialab.attacks.analytic.relu_refinement import ReluRefinement, relu_successor
 from gialab.attacks.registry import register
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
@@ -94,7 +94,8 @@ class CocktailPartyParams(AttackParams):
         "gialab's default) or the raw pixels (the paper)"))
     refine: Refine = Field("relu", description=(
         "relu: solve each source exactly through the first ReLU layer, verify it, deflate its gradient "
-        "and unmix the rest again (gialab's extension, relu_refinement.py); none: ICA only (the paper)"))
+        "and unmix the rest again (gialab's extension, relu_refinement.py; what it leaves unsolved takes "
+        "sign and scale from the bias gradient); none: ICA only (the paper)"))
     refine_stages: int = Field(8, ge=1, description="most solve-verify-deflate rounds of refine=relu")
 
 
