@@ -143,8 +143,8 @@ class ReluRefinement:
             roots, frame = self._stage(left, seed + stage)
             if not roots:
                 break
-            inputs, y, weights = self._verify(roots, frame)
-            if not len(inputs):
+            inputs, y, weights = (part[:left] for part in self._verify(roots, frame))
+            if not inputs:
                 break
             self._deflate(inputs, y, weights)
             found.extend(inputs)
