@@ -152,9 +152,9 @@ class ReluRefinement:
             left -= len(inputs)
         exact = len(found)
         if left > 0:  # what no stage solved: the ICA estimates of the remaining sources
-            rest = self._ica_estimates(left, seed + stages)
+            rest, guesses = self._leftovers(left, seed + stages)
             found.extend(rest)
-            labels.extend(self._best_labels(rest, left))
+            labels.extend(guesses)
         return Refined(np.stack(found)[:sources], np.asarray(labels[:sources]), exact, stages)
 
     # -- one stage -------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class ReluRefinement:
         kept, labels, weights = [], [], []
         for i, root in enumerate(roots):
             u = deltas[i]
-            offsets = np.linalg.norm(u - (u @ q) @ q.T, axis=1) / np.maximum(np.linalg.norm(u, axis=1), 1e-300)
+            offsets = _label_offsets(u, q)
             label = int(np.argmin(offsets))
             if offsets[label] >= LABEL_OFFSET:
                 continue
@@ -224,21 +224,23 @@ class ReluRefinement:
                                     list(self.model.parameters()))
         self.residual = [r - g.detach() for r, g in zip(self.residual, grads)]
 
-    def _ica_estimates(self, left: int, seed: int) -> list[np.ndarray]:
-        augmented, _, _ = self._rows()
+    def _leftovers(self, left: int, seed: int) -> tuple[list[np.ndarray], list[int]]:
+        """ICA's estimates of the sources no stage verified (sign and scale from the bias column),
+        each with a guessed label: the one whose signal lies nearest the rows' span."""
+        augmented, live, _ = self._rows()
         mixed = self.unmix(augmented[:, :-1], left, seed) @ augmented
         safe = np.where(np.abs(mixed[:, -1:]) > 1e-12 * np.abs(mixed).max(1, keepdims=True),
                         mixed[:, -1:], 1e-12)
-        return list(mixed[:, :-1] / safe)
-
-    def _best_labels(self, inputs: list[np.ndarray], left: int) -> list[int]:
-        """A guess for inputs no stage verified: the label whose signal is nearest the rows' span."""
-        augmented, live, _ = self._rows()
+        inputs = mixed[:, :-1] / safe
         q = np.linalg.svd(augmented, full_matrices=False)[0][:, :left]
-        deltas = self._first_signals(np.stack(inputs))[:, :, live]
-        offsets = np.linalg.norm(deltas - (deltas @ q) @ q.T, axis=2) / np.maximum(
-            np.linalg.norm(deltas, axis=2), 1e-300)
-        return [int(i) for i in offsets.argmin(1)]
+        offsets = _label_offsets(self._first_signals(inputs)[:, :, live], q)
+        return list(inputs), [int(i) for i in offsets.argmin(1)]
+
+
+def _label_offsets(deltas: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """How far each signal (last axis) lies from the span of ``q``'s orthonormal columns, relative."""
+    off = deltas - (deltas @ q) @ q.T
+    return np.linalg.norm(off, axis=-1) / np.maximum(np.linalg.norm(deltas, axis=-1), 1e-300)
 
 
 @dataclass(frozen=True)
