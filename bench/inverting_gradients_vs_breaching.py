@@ -1,13 +1,16 @@
 """gialab's inverting-gradients against breaching 0.1.2's invertinggradients, same images, same budget.
 
-Usage (about 15 minutes on a quiet 2-core machine; every process uses 1 thread, one at a time):
+Usage (about 20 minutes on a quiet 2-core machine; every process uses 1 thread, one at a time):
     ../shared/peers/breaching/setup.sh /tmp/breaching-venv
     .venv/bin/python bench/inverting_gradients_vs_breaching.py [--iters 20] [--budget 60] [--batches 1 4]
+        [--pyramids 1 5]
 
 Both attack the ConvNet (width 64), 32x32, on the same CIFAR-format folder written by breaching's
 make_cifar_like.py; gialab reads it with dataset=cifar10. Which images each picks differs: breaching's
 case ``1_single_image_small`` takes its own validation indices, gialab its seeded client partition;
-both are 32x32 crops of the same photos. Per batch size each side runs ``--iters`` and ``3 x --iters``
+both are 32x32 crops of the same photos. gialab runs once per ``--pyramids`` entry: 1 steps in
+pixels as the paper and breaching do (the like-for-like row), 5 is the preset's image pyramid.
+Per batch size each side runs ``--iters`` and ``3 x --iters``
 iterations: seconds per iteration is the marginal cost (the difference over the extra iterations, so
 one-time costs such as torch's lazy imports on the first optimizer drop out for both), PSNR is after
 ``3 x --iters``. At batch 1, PSNR reached within ``--budget`` wall-clock seconds of attack time (each
@@ -40,7 +43,7 @@ def breaching(python: str, data: Path, batch: int, iters: int, seed: int, train_
     return {"seconds": row["attack_seconds"], "psnr": row["psnr"], "ssim": float("nan")}
 
 
-def gialab_run(data: Path, batch: int, iters: int, seed: int) -> dict[str, float]:
+def gialab_run(data: Path, batch: int, iters: int, seed: int, pyramid: int) -> dict[str, float]:
     import torch
 
     import gialab
@@ -49,7 +52,8 @@ def gialab_run(data: Path, batch: int, iters: int, seed: int) -> dict[str, float
     with tempfile.TemporaryDirectory() as out:
         res = gialab.run("inverting-gradients", out=Path(out) / "run", seed=seed, set={
             "dataset": "cifar10", "data_path": str(data), "batch_size": batch,
-            "side_information": ["labels"] if batch > 1 else [], "attack.iterations": iters})
+            "side_information": ["labels"] if batch > 1 else [], "attack.iterations": iters,
+            "attack.pyramid": pyramid})
     return {"seconds": res.reconstruction.details["seconds"], "psnr": res.metrics["psnr_mean"],
             "ssim": res.metrics["ssim_mean"]}
 
@@ -62,6 +66,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=60.0)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pyramids", type=int, nargs="+", default=[1, 5], help=(
+        "gialab's attack.pyramid levels to run (1: the paper's per-pixel steps, like breaching; 5: the preset)"))
     ap.add_argument("--breaching-train-mode", action="store_true", help=(
         "give breaching no public BatchNorm buffers, so it computes in train mode as gialab's clients do "
         "(its default: public buffers, eval mode)"))
@@ -71,11 +77,13 @@ def main() -> None:
 
     runners = {
         "breaching 0.1.2": lambda batch, it: breaching(a.breaching_python, a.data, batch, it, a.seed, a.breaching_train_mode),
-        "gialab": lambda batch, it: gialab_run(a.data, batch, it, a.seed),
     }
+    for levels in a.pyramids:
+        name = "gialab (pixels)" if levels == 1 else f"gialab (pyramid {levels})"
+        runners[name] = lambda batch, it, levels=levels: gialab_run(a.data, batch, it, a.seed, levels)
     rows = []
     for batch in a.batches:
-        gialab_run(a.data, batch, 1, a.seed)  # warm-up: gialab runs in this process, breaching in a fresh one each time
+        gialab_run(a.data, batch, 1, a.seed, 1)  # warm-up: gialab runs in this process, breaching in a fresh one each time
         for name, attack in runners.items():
             short, long = attack(batch, a.iters), attack(batch, 3 * a.iters)
             # The marginal cost of an iteration: one-time costs (imports, optimizer set-up, the first

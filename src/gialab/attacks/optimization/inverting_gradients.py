@@ -15,8 +15,18 @@ the smallest final gradient distance wins (their ``scoring_choice='loss'``). The
 normalized images, so we optimize ``(x - mean) / std`` and start from Gaussian noise there (a grey,
 low-contrast start): ``lr`` and the starting point then mean what they mean in their code.
 
-Budget: their CIFAR runs take 24,000 steps; on a CPU the width-64 ConvNet costs ~0.4-0.7 s per
-step at batch 1 (one thread), so the default of 300 steps is about two to three minutes.
+Budget: their CIFAR runs take 24,000 steps; on a CPU the width-64 ConvNet costs ~0.35 s per step
+at batch 1 on one thread (~0.19 s on two), so the default of 300 steps is about one to two minutes.
+
+gialab's one change to the optimizer, off by default (``pyramid=1``): ``pyramid=L`` steps in L
+levels of the image at full, 1/2, ..., 1/2^(L-1) resolution whose upsampled sum is the image
+(``image_pyramid.py``). The objective and every other choice stay the paper's; coarse levels move
+whole blocks per signed step, so the smooth structure that carries most of the PSNR arrives within
+a CPU budget (the ``inverting-gradients`` preset uses 5 levels; figures in BENCHMARKS.md). What no
+optimizer can fix: with train-mode BatchNorm right after the first convolution (this ConvNet,
+batch 1) the gradient is exactly invariant to scaling the image, ``x -> a x``, so its brightness
+and contrast together are a guess (the start's), and a structurally exact reconstruction at the
+wrong ``a`` scores low PSNR.
 
 Speed: restarts are independent problems, so they run as ONE vmapped double-backward pass
 (``torch.func.vmap`` over ``grad`` of a function that itself calls ``grad``). Each restart is its
@@ -45,6 +55,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from gialab.attacks.base import Attack, AttackParams, Reconstruction
+from gialab.attacks.optimization.image_pyramid import ImagePyramid
 from gialab.attacks.optimization.label_inference import batch_labels, idlg_label
 from gialab.attacks.optimization.objective import Distance, Regularizers, gradient_distance, regularized
 from gialab.attacks.registry import register
@@ -61,6 +72,9 @@ class InvertingGradientsParams(AttackParams):
     tv: float = Field(0.8, ge=0, description=(
         "weight of total variation of the [0,1] images (breaching's 0.2 on normalized images at std 0.25)"))
     restarts: int = Field(1, ge=1, description="random restarts; the smallest final gradient distance wins")
+    pyramid: int = Field(1, ge=1, le=8, description=(
+        "levels the image is optimized in: 1 = its pixels (the paper); L = a sum of copies at full, 1/2, ..., "
+        "1/2^(L-1) resolution, which settles smooth structure in fewer steps (gialab's change, image_pyramid.py)"))
     distance: Distance = Field("cosine", description="gradient distance: cosine (the paper) or l2 (DLG)")
     early_stop_patience: int = Field(
         0, ge=0, description="stop once the best distance has not improved by 1e-4 (relative) in this many steps; 0: off")
@@ -186,36 +200,37 @@ class InvertingGradients(Attack):
         self, step: Callable[[Tensor], tuple[Tensor, Tensor]], x0: Tensor, mean: Tensor, std: Tensor,
         p: InvertingGradientsParams,
     ) -> tuple[Tensor, Tensor, int]:
-        return signed_adam(step, x0, mean, std, lr=p.lr, iterations=p.iterations,
-                           progress=self.context.progress, early_stop_patience=p.early_stop_patience)
+        return signed_adam(step, x0, mean, std, lr=p.lr, iterations=p.iterations, progress=self.context.progress,
+                           early_stop_patience=p.early_stop_patience, levels=p.pyramid)
 
 
 def signed_adam(
     step: Callable[[Tensor], tuple[Tensor, Tensor]], x0: Tensor, mean: Tensor, std: Tensor, *, lr: float,
-    iterations: int, progress: Callable[[int, int], None], early_stop_patience: int = 0,
+    iterations: int, progress: Callable[[int, int], None], early_stop_patience: int = 0, levels: int = 1,
 ) -> tuple[Tensor, Tensor, int]:
     """Signed Adam with step decay and box projection; returns final images, distances, steps.
 
     Like their code, it moves the normalized image ``z = (x - mean) / std`` (so ``lr`` means what
-    it means there); the sign of the gradient is the same in both spaces. Shared with the attacks
-    that reuse Geiping et al.'s optimizer on their own objective (CGI's eq. 19).
+    it means there); the sign of the gradient is the same in both spaces. ``levels > 1`` steps in
+    a pyramid of coarser copies of ``z`` instead of its pixels (``image_pyramid``; 1 is the
+    paper's). Shared with the attacks that reuse Geiping et al.'s optimizer on their own
+    objective (CGI's eq. 19).
     """
     low, high = -mean / std, (1 - mean) / std
-    x = ((x0 - mean) / std).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=lr)
+    z = ImagePyramid((x0 - mean) / std, levels)
+    optimizer = torch.optim.Adam(z.levels, lr=lr)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    best = torch.full((), torch.inf, device=x.device)
+    best = torch.full((), torch.inf, device=x0.device)
     best_seen, last_improved = float("inf"), 0
     done = 0
     check_every = min(_CHECK_EVERY, early_stop_patience or _CHECK_EVERY)
     for it in range(1, iterations + 1):
-        g, distance = step(mean + std * x.detach())
-        x.grad = g.sign()
+        g, distance = step(mean + std * z.image())
+        z.set_signed_gradient(g)
         optimizer.step()
         scheduler.step()
-        with torch.no_grad():
-            torch.clamp(x, low, high, out=x)
+        z.project(low, high)
         best = torch.minimum(best, distance.min().detach())
         done = it
         if it % check_every == 0 or it == iterations:
@@ -226,6 +241,6 @@ def signed_adam(
                     best_seen, last_improved = value, it
                 elif it - last_improved >= early_stop_patience:
                     break
-    images = mean + std * x.detach()
+    images = mean + std * z.image()
     _, final = step(images)  # score the images actually returned
     return images, final.detach(), done
