@@ -3,13 +3,16 @@
 Usage (about 20 minutes on a quiet 2-core machine; every process uses 1 thread, one at a time):
     ../shared/peers/breaching/setup.sh /tmp/breaching-venv
     .venv/bin/python bench/inverting_gradients_vs_breaching.py [--iters 20] [--budget 60] [--batches 1 4]
-        [--pyramids 1 5]
+        [--pyramids 1 5] [--precisions float32 bfloat16] [--breaching-mixed-precision]
 
 Both attack the ConvNet (width 64), 32x32, on the same CIFAR-format folder written by breaching's
 make_cifar_like.py; gialab reads it with dataset=cifar10. Which images each picks differs: breaching's
 case ``1_single_image_small`` takes its own validation indices, gialab its seeded client partition;
 both are 32x32 crops of the same photos. gialab runs once per ``--pyramids`` entry: 1 steps in
-pixels as the paper and breaching do (the like-for-like row), 5 is the preset's image pyramid.
+pixels as the paper and breaching do (the like-for-like row), 5 is the preset's image pyramid;
+and once per ``--precisions`` entry (bfloat16: the double backward under ``torch.autocast``).
+``--breaching-mixed-precision`` adds breaching with its own autocast switch, the like-for-like row
+for gialab's bfloat16.
 Per batch size each side runs ``--iters`` and ``3 x --iters``
 iterations: seconds per iteration is the marginal cost (the difference over the extra iterations, so
 one-time costs such as torch's lazy imports on the first optimizer drop out for both), PSNR is after
@@ -33,17 +36,23 @@ PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "breaching"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def breaching(python: str, data: Path, batch: int, iters: int, seed: int, train_mode: bool) -> dict[str, float]:
+def breaching(python: str, data: Path, batch: int, iters: int, seed: int, train_mode: bool,
+              mixed_precision: bool = False) -> dict[str, float]:
     cmd = [python, str(PEER / "run_breaching.py"), "--data", str(data), "--attack", "invertinggradients",
            "--model", "ConvNet", "--batch", str(batch), "--iters", str(iters), "--seed", str(seed)]
+    overrides = []
     if train_mode:  # no public BatchNorm buffers: the user trains, and breaching matches, in train mode
-        cmd += ["--override", "case.server.provide_public_buffers=False"]
+        overrides.append("case.server.provide_public_buffers=False")
+    if mixed_precision:  # its objective under torch.autocast: bfloat16 on a CPU, like gialab's precision=bfloat16
+        overrides.append("attack.impl.mixed_precision=True")
+    for override in overrides:
+        cmd += ["--override", override]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, check=True).stdout
     row = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     return {"seconds": row["attack_seconds"], "psnr": row["psnr"], "ssim": float("nan")}
 
 
-def gialab_run(data: Path, batch: int, iters: int, seed: int, pyramid: int) -> dict[str, float]:
+def gialab_run(data: Path, batch: int, iters: int, seed: int, pyramid: int, precision: str) -> dict[str, float]:
     import torch
 
     import gialab
@@ -53,7 +62,7 @@ def gialab_run(data: Path, batch: int, iters: int, seed: int, pyramid: int) -> d
         res = gialab.run("inverting-gradients", out=Path(out) / "run", seed=seed, set={
             "dataset": "cifar10", "data_path": str(data), "batch_size": batch,
             "side_information": ["labels"] if batch > 1 else [], "attack.iterations": iters,
-            "attack.pyramid": pyramid})
+            "attack.pyramid": pyramid, "attack.precision": precision})
     return {"seconds": res.reconstruction.details["seconds"], "psnr": res.metrics["psnr_mean"],
             "ssim": res.metrics["ssim_mean"]}
 
@@ -68,6 +77,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyramids", type=int, nargs="+", default=[1, 5], help=(
         "gialab's attack.pyramid levels to run (1: the paper's per-pixel steps, like breaching; 5: the preset)"))
+    ap.add_argument("--breaching-mixed-precision", action="store_true", help=(
+        "add a breaching row with attack.impl.mixed_precision=True (its objective under torch.autocast)"))
+    ap.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                    help="gialab's attack.precision values to run, each with every --pyramids entry")
     ap.add_argument("--breaching-train-mode", action="store_true", help=(
         "give breaching no public BatchNorm buffers, so it computes in train mode as gialab's clients do "
         "(its default: public buffers, eval mode)"))
@@ -78,12 +91,18 @@ def main() -> None:
     runners = {
         "breaching 0.1.2": lambda batch, it: breaching(a.breaching_python, a.data, batch, it, a.seed, a.breaching_train_mode),
     }
-    for levels in a.pyramids:
-        name = "gialab (pixels)" if levels == 1 else f"gialab (pyramid {levels})"
-        runners[name] = lambda batch, it, levels=levels: gialab_run(a.data, batch, it, a.seed, levels)
+    if a.breaching_mixed_precision:
+        runners["breaching 0.1.2 (mixed precision)"] = lambda batch, it: breaching(
+            a.breaching_python, a.data, batch, it, a.seed, a.breaching_train_mode, mixed_precision=True)
+    for precision in a.precisions:
+        for levels in a.pyramids:
+            name = "gialab (pixels" if levels == 1 else f"gialab (pyramid {levels}"
+            name += ")" if precision == "float32" else f", {precision})"
+            runners[name] = lambda batch, it, levels=levels, precision=precision: gialab_run(
+                a.data, batch, it, a.seed, levels, precision)
     rows = []
     for batch in a.batches:
-        gialab_run(a.data, batch, 1, a.seed, 1)  # warm-up: gialab runs in this process, breaching in a fresh one each time
+        gialab_run(a.data, batch, 1, a.seed, 1, "float32")  # warm-up: gialab runs in this process, breaching in a fresh one each time
         for name, attack in runners.items():
             short, long = attack(batch, a.iters), attack(batch, 3 * a.iters)
             # The marginal cost of an iteration: one-time costs (imports, optimizer set-up, the first

@@ -84,3 +84,19 @@ def test_end_to_end_beats_doing_nothing(tmp_path: Path) -> None:
     assert real.metrics["ssim_mean"] > nothing.metrics["ssim_mean"]
     assert real.metrics["label_accuracy"] == 1.0
     assert real.reconstruction.details["iterations"] == 60
+
+
+def test_bfloat16_lowers_the_distance_one_restart_at_a_time() -> None:
+    """Reduced precision changes the arithmetic, not the method: the distance still falls and the
+    images come back float32. Restarts run one by one (autocast does not compose with the vmapped
+    double backward), so ``batched`` gives the same numbers."""
+    obs, _ = _observation()
+    kw = dict(iterations=40, restarts=2, precision="bfloat16")
+    short = _attack(iterations=1, precision="bfloat16").reconstruct(obs)
+    together = _attack(batched=True, **kw).reconstruct(obs)
+    apart = _attack(batched=False, **kw).reconstruct(obs)
+    assert together.images.dtype == torch.float32
+    assert together.details["gradient_distance"] < short.details["gradient_distance"]
+    assert torch.equal(together.images, apart.images)
+    full = _attack(batched=False, iterations=40, restarts=2).reconstruct(obs)
+    assert not torch.equal(full.images, together.images)  # the precision took effect
