@@ -73,4 +73,3 @@ class ImagePyramid:
                 return
             image = self.compose()
             self.levels[0].add_(torch.maximum(torch.minimum(image, high), low) - image)
-
