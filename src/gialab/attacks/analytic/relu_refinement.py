@@ -118,11 +118,10 @@ class ReluRefinement:
         # would leave a residual of the removed samples above the thresholds.
         self.model = copy.deepcopy(model).cpu().double()
         params = list(self.model.parameters())
-        self.first = params[parameter_index(model, first.weight)]
-        self.first_bias = params[parameter_index(model, first.bias)]
         self.w_index = parameter_index(model, first.weight)
         self.b_index = parameter_index(model, first.bias)
         self.s_index = parameter_index(model, successor.weight)
+        self.first, self.first_bias = params[self.w_index], params[self.b_index]
         self.first_module = next(m for m in self.model.modules()
                                  if isinstance(m, nn.Linear) and m.weight is self.first)
         self.residual = [u.detach().double().cpu().clone() for u in update]

@@ -33,10 +33,9 @@ class ImagePyramid:
     def __init__(self, start: Tensor, levels: int) -> None:
         height, width = start.shape[-2:]
         self.shape = start.shape
-        self.factors = pyramid_factors(levels, height, width)
         self.levels = [start.detach().clone()] + [
             torch.zeros(*start.shape[:-2], -(-height // f), -(-width // f), dtype=start.dtype, device=start.device)
-            for f in self.factors[1:]
+            for f in pyramid_factors(levels, height, width)[1:]
         ]
         for level in self.levels:
             level.requires_grad_(True)
