@@ -3,7 +3,7 @@
 Usage:
     PYTHONPATH=src .venv/bin/python bench/disaggregation.py [--users 10 50 100 200] [--rounds-per-user 2]
         [--rate 0.1] [--window 10] [--workers 1 2] [--seed 0] [--time-limit 60] [--e2e 100]
-        [--sampled 500 1000 --sample 10]
+        [--sampled 500 1000 --sample 10] [--milp-only]
 
 Each user holds one digit (sklearn digits, 1x8x8) and sends its gradient on the DLG LeNet
 (8,026 parameters), which the server never steps (the attack's "delay parameter updates"), so
@@ -11,7 +11,8 @@ every user's update is the same in every round: the aggregates of n rounds are e
 G = P U / k, the example-weighted mean the protocol computes, in float32. This script computes the
 u updates once, draws P as the protocol samples (k = rate x u users uniformly without replacement
 each round), and times what the attack does with G and the analytics counts: SVD, one MILP per
-user (eqs. 3-5, HiGHS), least squares for U (``participation.recover_participation``). It skips
+user (eqs. 3-5, HiGHS; each tried first by the verified rounding of its box relaxation, which
+``--milp-only`` turns off), least squares for U (``participation.recover_participation``). It skips
 the FL simulation so large u stay affordable; ``--e2e U ...`` also times ``gialab run
 disaggregation`` end to end (FL rounds with secure aggregation, the attack, iDLG, metrics) at
 those sizes. ``exact`` is the share of users whose whole participation vector is right; the
@@ -87,7 +88,7 @@ def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, fl
     started, cpu_started = time.perf_counter(), own_cpu_seconds()
     defaults = DisaggregationParams()
     recovery = recover_participation(aggregates, windows, counts, tol_scale=defaults.tol_scale, rank_tol=defaults.rank_tol,
-                                     time_limit=args.time_limit, workers=workers)
+                                     time_limit=args.time_limit, workers=workers, relaxation=not args.milp_only)
     solved, recovered = individual_updates(aggregates, recovery)
     seconds = time.perf_counter() - started
     cpu = own_cpu_seconds() - cpu_started
@@ -98,8 +99,9 @@ def one_size(users: int, args: argparse.Namespace, workers: int) -> dict[str, fl
     error = (float(np.linalg.norm(recovered[solved.index(victim)] - updates[victim]) / np.linalg.norm(updates[victim]))
              if victim in solved else float("nan"))
     timeouts = sum(s.status == "time limit" for s in recovery.solutions.values())
+    relaxed = sum(s.method == "relaxation" for s in recovery.solutions.values())
     return {"users": users, "rounds": rounds, "per_round": per_round, "workers": workers, "exact": float(exact.mean()),
-            "victim_error": error, "timeouts": timeouts, "seconds": seconds, "cpu": cpu,
+            "victim_error": error, "timeouts": timeouts, "seconds": seconds, "cpu": cpu, "relaxed": relaxed,
             "milp_max": max(s.seconds for s in recovery.solutions.values())}
 
 
@@ -124,14 +126,16 @@ def sampled(users: int, args: argparse.Namespace) -> dict[str, float]:
     tols = eq3_tolerances(singular, rank, windows, counts, defaults.tol_scale)
     svd_cpu = own_cpu_seconds() - cpu_started
     picks = np.random.default_rng(args.seed).choice(active, size=min(args.sample, len(active)), replace=False)
-    cpu, exact, timeouts = [], [], 0
+    cpu, exact, timeouts, relaxed = [], [], 0, 0
     for k in picks:
-        solution = solve_user(null_t, UserProblem(windows, counts[:, k], tols[k]), args.time_limit)
+        solution = solve_user(null_t, UserProblem(windows, counts[:, k], tols[k]), args.time_limit,
+                              relaxation=not args.milp_only)
         cpu.append(solution.cpu_seconds)
+        relaxed += solution.method == "relaxation"
         exact.append(solution.vector is not None and bool((solution.vector == truth[:, k]).all()))
         timeouts += solution.status == "time limit"
     return {"users": users, "rounds": rounds, "per_round": per_round, "sample": len(picks),
-            "exact": float(np.mean(exact)), "timeouts": timeouts, "svd_cpu": svd_cpu, "milp_cpu": float(np.mean(cpu)),
+            "exact": float(np.mean(exact)), "timeouts": timeouts, "relaxed": relaxed, "svd_cpu": svd_cpu, "milp_cpu": float(np.mean(cpu)),
             "milp_cpu_max": float(np.max(cpu)), "projected": svd_cpu + float(np.mean(cpu)) * len(active)}
 
 
@@ -139,7 +143,8 @@ def end_to_end(users: int, args: argparse.Namespace, workers: int) -> dict[str, 
     rounds = round(args.rounds_per_user * users / args.window) * args.window
     per_round = max(2, round(args.rate * users))
     settings = {"clients": users, "fl.rounds": rounds, "fl.clients_per_round": per_round,
-                "analytics_window": args.window, "attack.workers": workers, "attack.time_limit": args.time_limit}
+                "analytics_window": args.window, "attack.workers": workers, "attack.time_limit": args.time_limit,
+                "attack.relaxation": not args.milp_only}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         result = gialab.run("disaggregation", out=out, seed=args.seed, set=settings)
@@ -163,29 +168,31 @@ def main() -> None:
     parser.add_argument("--sampled", type=int, nargs="*", default=[],
                         help="sizes to project from --sample users' MILPs instead of solving every user")
     parser.add_argument("--sample", type=int, default=10, help="users solved per --sampled size")
+    parser.add_argument("--milp-only", action="store_true",
+                        help="every user by HiGHS, without first trying the relaxation (attack.relaxation=false)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     print(f"window {args.window} rounds, rate {args.rate}, n/u {args.rounds_per_user}, seed {args.seed}, "
           f"MILP time limit {args.time_limit:g} s, load average at start {load:.1f} on {os.cpu_count()} cores")
     print("| users u | rounds n | per round k | workers | exact users | victim update rel. error "
-          "| MILP timeouts | slowest MILP s | attack wall s | attack CPU s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| by relaxation | MILP timeouts | slowest user s | attack wall s | attack CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for users in args.users:
         for workers in args.workers:
             r = one_size(users, args, workers)
             print(f"| {r['users']} | {r['rounds']} | {r['per_round']} | {r['workers']} | {r['exact']:.3f} | "
-                  f"{r['victim_error']:.1e} | {r['timeouts']} | {r['milp_max']:.1f} | {r['seconds']:.1f} | {r['cpu']:.1f} |",
+                  f"{r['victim_error']:.1e} | {r['relaxed']} | {r['timeouts']} | {r['milp_max']:.1f} | {r['seconds']:.1f} | {r['cpu']:.1f} |",
                   flush=True)
     if args.sampled:
-        print(f"\nProjected from {args.sample} random users' MILPs (1 process; exact is over the sample):\n")
-        print("| users u | rounds n | per round k | users sampled | exact (sample) | MILP timeouts | SVD CPU s "
-              "| MILP CPU s mean / max | projected attack CPU s |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"\nProjected from {args.sample} random users solved one by one (1 process; exact is over the sample):\n")
+        print("| users u | rounds n | per round k | users sampled | exact (sample) | by relaxation | MILP timeouts "
+              "| SVD CPU s | user CPU s mean / max | projected attack CPU s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for users in args.sampled:
             r = sampled(users, args)
             print(f"| {r['users']} | {r['rounds']} | {r['per_round']} | {r['sample']} | {r['exact']:.2f} | "
-                  f"{r['timeouts']} | {r['svd_cpu']:.0f} | {r['milp_cpu']:.1f} / {r['milp_cpu_max']:.1f} | "
+                  f"{r['relaxed']} | {r['timeouts']} | {r['svd_cpu']:.0f} | {r['milp_cpu']:.1f} / {r['milp_cpu_max']:.1f} | "
                   f"{r['projected']:.0f} |", flush=True)
     if args.e2e:
         print("\nEnd to end (`gialab run disaggregation`, secure aggregation, iDLG on the victim's update):\n")

@@ -11,6 +11,7 @@ import torch
 import gialab
 from gialab.attacks.decomposition.disaggregation import GradientDisaggregation
 from gialab.attacks.decomposition.participation import individual_updates, recover_participation
+from gialab.attacks.decomposition.relaxation import relaxed_binary_point
 from gialab.data.dataset import DataSpec
 from gialab.errors import GialabError
 from gialab.fl import Client, FLSetup, Protocol
@@ -76,9 +77,9 @@ def synthetic(users: int = 20, rounds: int = 60, per_round: int = 4, window: int
     return truth, updates, aggregates, windows, windows @ truth
 
 
-def solve(aggregates, windows, counts, workers: int = 1, tol_scale: float = 1.0):
+def solve(aggregates, windows, counts, workers: int = 1, tol_scale: float = 1.0, relaxation: bool = True):
     return recover_participation(aggregates, windows, counts, tol_scale=tol_scale, rank_tol=1e-5, time_limit=30,
-                                 workers=workers)
+                                 workers=workers, relaxation=relaxation)
 
 
 def test_milp_recovers_p_exactly_and_least_squares_the_updates() -> None:
@@ -98,7 +99,36 @@ def test_broken_side_channel_or_null_space_is_caught() -> None:
 
     shuffled = counts[:, np.random.default_rng(1).permutation(counts.shape[1])]
     assert exact(solve(aggregates, windows, shuffled)) < 0.3  # counts of the wrong users
-    assert exact(solve(aggregates, windows, counts, tol_scale=1e9)) < 0.3  # eq. 3 switched off: counts alone
+    assert exact(solve(aggregates, windows, shuffled, relaxation=False)) < 0.3
+    # eq. 3 switched off, counts alone. The MILP only: the relaxation projects onto eq. 3's equality
+    # whatever its tolerance, so a loose tol_scale does not switch eq. 3 off for it.
+    assert exact(solve(aggregates, windows, counts, tol_scale=1e9, relaxation=False)) < 0.3
+
+
+def test_relaxation_gives_the_milps_answers_and_hands_it_the_users_it_cannot_pin() -> None:
+    # n = 3u: the relaxation pins most users (measured 14 of 20); n = 2.5u with u = 12: only a few
+    # (measured 3 of 12), the MILP the rest. Either way every vector is the true one.
+    for users, rounds, per_round, pinned in ((20, 60, 4, 10), (12, 30, 3, 1)):
+        truth, _, aggregates, windows, counts = synthetic(users, rounds, per_round)
+        relaxed, milp_only = solve(aggregates, windows, counts), solve(aggregates, windows, counts, relaxation=False)
+        assert (relaxed.matrix == truth).all() and (milp_only.matrix == truth).all()
+        methods = [s.method for s in relaxed.solutions.values()]
+        assert pinned <= methods.count("relaxation") < users
+        assert {s.method for s in milp_only.solutions.values()} == {"milp"}
+
+
+def test_relaxed_binary_point_returns_only_what_the_check_accepts() -> None:
+    rng = np.random.default_rng(0)
+    corner = (rng.random(40) < 0.3).astype(float)
+    equations = rng.normal(size=(32, 40))  # 8 free dimensions: the box meets the affine set in the corner
+    rhs = equations @ corner
+    found = relaxed_binary_point(equations, rhs, lambda x: bool(np.allclose(equations @ x, rhs)))
+    assert found is not None and np.array_equal(found, corner)
+    offered: list[np.ndarray] = []
+    refused = relaxed_binary_point(equations, rhs, lambda x: offered.append(x) or False, max_iterations=50)
+    # It converges to the corner, offers it, and gives up once the iterates stop moving.
+    assert refused is None and 1 <= len(offered) <= 10
+    assert any(np.array_equal(x, corner) for x in offered) and all(set(np.unique(x)) <= {0.0, 1.0} for x in offered)
 
 
 def test_parallel_workers_give_the_same_answer() -> None:

@@ -21,7 +21,7 @@ with equal example counts the server recovers the sum by multiplying with the co
 aggregated, so G's rows are sums as in eq. 3.
 
 Steps: stack the n summed aggregates into G; solve every user's column of P (eqs. 3-5, one MILP
-per user, in parallel); read all users' updates with least squares U = argmin ||P U - G|| (exact
+per user, in parallel, each tried first by a verified rounding of its box relaxation); read all users' updates with least squares U = argmin ||P U - G|| (exact
 when P has full column rank); hand the victim's row to an inner attack (``inner``, iDLG by
 default) as if it were an individual update, which turns it into images.
 """
@@ -59,6 +59,8 @@ class DisaggregationParams(AttackParams):
     workers: int = Field(1, ge=1, description="users' MILPs solved in parallel (Ray tasks if Ray is installed, "
                                               "else processes)")
     time_limit: float = Field(60.0, gt=0, description="seconds HiGHS may spend on one user's MILP")
+    relaxation: bool = Field(True, description="try ADMM on the box relaxation first and keep its rounding when it "
+                                               "meets eqs. 3-5 exactly; the MILP only for the users it leaves")
     unique_check: bool = Field(True, description="ask HiGHS whether the victim's vector is the only solution")
     inner: str = Field("idlg", description="the registered attack that turns the victim's disaggregated update "
                                            "into images")
@@ -148,7 +150,7 @@ class GradientDisaggregation(Attack):
         aggregates = np.stack([self._rows[i] for i in reported])
         windows, counts = count_constraints(self._reports, rounds)
         recovery = recover_participation(aggregates, windows, counts, tol_scale=p.tol_scale, rank_tol=p.rank_tol,
-                                         time_limit=p.time_limit, workers=p.workers)
+                                         time_limit=p.time_limit, workers=p.workers, relaxation=p.relaxation)
         victim = observation.target
         found = recovery.solutions.get(victim)
         if found is None or found.vector is None:
@@ -183,6 +185,7 @@ class GradientDisaggregation(Attack):
             "users_solved": float(len(solved)),
             "users_time_limit": float(statuses.count("time limit")),
             "users_infeasible": float(statuses.count("infeasible")),
+            "users_by_relaxation": float(sum(s.method == "relaxation" for s in recovery.solutions.values())),
             "milp_seconds_max": max((s.seconds for s in recovery.solutions.values()), default=0.0),
             "milp_cpu_seconds_total": sum(s.cpu_seconds for s in recovery.solutions.values()),
             "disaggregation_seconds": solve_seconds,
