@@ -2,13 +2,15 @@
 poisoned aggregate give back the target class at batch 8?
 
 Usage: PYTHONPATH=src .venv/bin/python bench/cgi.py [--rules none krum ...] [--stealth 1 30] [--seeds 2]
-       [--rounds 10] [--set key=value ...]
+       [--rounds 10] [--byzantine F] [--set key=value ...]
 
 Runs the ``cgi`` preset (digits, DLG's LeNet pretrained 1000 steps, 8 clients of batch 8, client
 7 malicious, FedSGD at server step 1) under each aggregation rule, at each eq. (18) radius
 ``attack.stealth`` (how far, in honest-update spreads, the crafted update may sit from the
 estimated aggregate), and once without poisoning (``attack.poison=false``, the control: the same
-inversion of an unpoisoned aggregate). Columns, medians over seeds:
+inversion of an unpoisoned aggregate). ``--byzantine F`` sets the f each selection rule tolerates
+(the rules' default is 1; FLTrust has none; Bulyan gets the largest f <= F with n >= 4f + 3, shown
+in its row). Columns, medians over seeds:
 
 * ``survival``: the share of rounds with a crafted update (the inverted round aside) in which the
   rule accepted it (server's log; ``robust_rule`` says what "accepted" means per rule); ``-`` for
@@ -49,6 +51,16 @@ def _run(overrides: dict[str, Any], seed: int) -> dict[str, Any]:
             "iip_pixel": m["iip_pixel"], "psnr": m["psnr_mean"], "s": seconds}
 
 
+def _rule(rule: str, byzantine: int | None, clients: int) -> tuple[list[Any], str]:
+    """The ``defenses`` entry for a rule and its row label."""
+    if rule == "none":
+        return [], rule
+    if byzantine is None or rule == "fltrust":
+        return [rule], rule
+    f = min(byzantine, (clients - 3) // 4) if rule == "bulyan" else byzantine
+    return [{"name": rule, "byzantine": f}], f"{rule} (f={f})"
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> str:
     values = [r[key] for r in rows if r[key] is not None]
     if not values:
@@ -63,6 +75,7 @@ def main() -> None:
     parser.add_argument("--stealth", nargs="+", type=float, default=[1.0, 30.0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--byzantine", type=int, default=None, help="f of every selection rule (default: theirs)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -70,13 +83,15 @@ def main() -> None:
     keys = ("survival", "poisoned", "p(target)", "target_cos", "n_target", "iip_pixel", "psnr", "s")
     print("| rule | attack | " + " | ".join(keys) + " |")
     print("|" + "---|" * (len(keys) + 2))
+    clients = gialab.load_scenario("cgi", base).clients
     for rule in args.rules:
-        rule_set = {"defenses": [] if rule == "none" else [rule]}
+        defenses, name = _rule(rule, args.byzantine, clients)
+        rule_set = {"defenses": defenses}
         views = [(f"stealth {s:g}", {"attack.stealth": s}) for s in args.stealth]
         views.append(("no poisoning (control)", {"attack.poison": False}))
         for label, view in views:
             rows = [_run(base | rule_set | view, seed) for seed in range(args.seeds)]
-            print(f"| {rule} | {label} | " + " | ".join(_median(rows, k) for k in keys) + " |", flush=True)
+            print(f"| {name} | {label} | " + " | ".join(_median(rows, k) for k in keys) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def user_updates(users: int, seed: int) -> np.ndarray:
     """Each user's gradient on its one digit under the fixed model, (u, d) float32."""
     torch.manual_seed(seed)
     data = load_dataset("digits", seed=seed)
+    if users > len(data):
+        raise SystemExit(f"at most {len(data)} users: each holds its own digit of the {len(data)} in sklearn's digits")
     model = build_model("lenet", data.spec.shape, data.spec.num_classes)
     picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:users]
     rows = []
