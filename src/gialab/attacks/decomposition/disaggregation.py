@@ -21,9 +21,10 @@ with equal example counts the server recovers the sum by multiplying with the co
 aggregated, so G's rows are sums as in eq. 3.
 
 Steps: stack the n summed aggregates into G; solve every user's column of P (eqs. 3-5, one MILP
-per user, in parallel, each tried first by a verified rounding of its box relaxation); read all users' updates with least squares U = argmin ||P U - G|| (exact
-when P has full column rank); hand the victim's row to an inner attack (``inner``, iDLG by
-default) as if it were an individual update, which turns it into images.
+per user, in parallel, each tried first by a verified rounding of its box relaxation); read all
+users' updates with least squares U = argmin ||P U - G|| (exact when P has full column rank);
+hand the victim's row to an inner attack (``inner``, iDLG by default) as if it were an
+individual update, which turns it into images.
 """
 
 from __future__ import annotations

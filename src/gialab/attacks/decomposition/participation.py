@@ -278,20 +278,24 @@ def _milp_task(null_t: np.ndarray, windows: np.ndarray, counts: np.ndarray, tol:
 
 def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, time_limit: float,
                   workers: int, relaxation: bool) -> list[UserSolution]:
-    """One Ray task per user. This module travels by value, so a Ray worker imports only numpy and
-    scipy: importing gialab would import torch first, which costs a fresh worker seconds to
-    minutes on a loaded machine, more than a user's MILP."""
+    """One Ray task per user. This module and the relaxation's travel by value, so a Ray worker
+    imports only numpy and scipy: importing gialab would import torch first, which costs a fresh
+    worker seconds to minutes on a loaded machine, more than a user's MILP."""
     import ray.cloudpickle
 
+    from gialab.attacks.decomposition import relaxation as relaxation_module
     from gialab.integrations.ray_cluster import ray_session  # the matrix's Ray start-up, reused
 
-    module = sys.modules[__name__]
-    ray.cloudpickle.register_pickle_by_value(module)
+    modules = (sys.modules[__name__], relaxation_module)
+    for module in modules:
+        ray.cloudpickle.register_pickle_by_value(module)
     try:
         with ray_session(workers) as session:
             task = session.remote(num_cpus=1)(_milp_task)
             shared = session.put(null_t)  # sent to each worker once, not once per user
-            done = session.get([task.remote(shared, p.windows, p.counts, p.tol, time_limit, relaxation) for p in problems])
+            done = session.get([task.remote(shared, p.windows, p.counts, p.tol, time_limit, relaxation)
+                                for p in problems])
     finally:
-        ray.cloudpickle.unregister_pickle_by_value(module)
+        for module in modules:
+            ray.cloudpickle.unregister_pickle_by_value(module)
     return [UserSolution(*result) for result in done]
