@@ -256,21 +256,21 @@ def _solve_shared(problem: UserProblem) -> UserSolution:
 
 def solve_users(null_t: np.ndarray, problems: Sequence[UserProblem], *, time_limit: float,
                 workers: int, relaxation: bool = True) -> list[UserSolution]:
-    """Every user's MILP, in order; ``workers`` > 1 runs them as Ray tasks if Ray is installed, else
-    in a pool of forked processes."""
+    """Every user's solution (relaxation, else MILP), in order; ``workers`` > 1 runs them as Ray
+    tasks if Ray is installed, else in a pool of forked processes."""
     if workers <= 1 or len(problems) <= 1:
         return [solve_user(null_t, p, time_limit, relaxation=relaxation) for p in problems]
     if importlib.util.find_spec("ray") is not None:
         return _solve_on_ray(null_t, problems, time_limit=time_limit, workers=workers, relaxation=relaxation)
     # fork: a spawned child would import gialab, hence torch, before its first MILP (seconds each);
-    # a forked one starts at once and runs only numpy and HiGHS, never the parent's torch threads.
+    # a forked one starts at once and runs only numpy, scipy and HiGHS, never the parent's torch threads.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"),
                              initializer=_init_worker, initargs=(null_t, time_limit, relaxation)) as pool:
         chunk = max(1, len(problems) // (4 * workers))
         return list(pool.map(_solve_shared, problems, chunksize=chunk))
 
 
-def _milp_task(null_t: np.ndarray, windows: np.ndarray, counts: np.ndarray, tol: float,
+def _user_task(null_t: np.ndarray, windows: np.ndarray, counts: np.ndarray, tol: float,
                time_limit: float, relaxation: bool) -> tuple[np.ndarray | None, str, float, float, str]:
     solution = solve_user(null_t, UserProblem(windows, counts, tol), time_limit, relaxation=relaxation)
     return solution.vector, solution.status, solution.seconds, solution.cpu_seconds, solution.method
@@ -291,7 +291,7 @@ def _solve_on_ray(null_t: np.ndarray, problems: Sequence[UserProblem], *, time_l
         ray.cloudpickle.register_pickle_by_value(module)
     try:
         with ray_session(workers) as session:
-            task = session.remote(num_cpus=1)(_milp_task)
+            task = session.remote(num_cpus=1)(_user_task)
             shared = session.put(null_t)  # sent to each worker once, not once per user
             done = session.get([task.remote(shared, p.windows, p.counts, p.tol, time_limit, relaxation)
                                 for p in problems])
